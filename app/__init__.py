@@ -1,0 +1,1 @@
+"""Interfaces only: the Gradio UI, the `sightline` CLI and the JS that seeks the player."""

@@ -1,0 +1,161 @@
+"""The `sightline` command line: index, status, search, ask, serve. Thin: it parses, calls, prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from functools import wraps
+
+import click
+
+from app.settings import help_of, load_settings
+from storage.errors import SightlineError
+
+log = logging.getLogger("sightline")
+
+
+def _user_errors(fn):
+    """SightlineError -> one clean line (click.ClickException); anything else is a bug: log it, point at the log."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SightlineError as err:
+            raise click.ClickException(err.user_text()) from None
+        except (click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - the edge: turn a bug into one line plus a log
+            from app.logs import log_path, log_exception
+
+            log_exception(err)
+            raise click.ClickException(f"Internal error: {err}. Details in {log_path()}.") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--library", type=click.Path(file_okay=False), default=None, help=help_of("library"),
+              envvar="SIGHTLINE_LIBRARY", show_envvar=True)
+@click.pass_context
+def cli(ctx: click.Context, library: str | None) -> None:
+    """Sightline: index a folder of long videos, then search and ask questions about them."""
+    ctx.obj = load_settings(library=library)
+
+
+def _services(ctx: click.Context):
+    from app.services import Services
+
+    return Services(ctx.obj)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--captions/--no-captions", default=None, help=help_of("captions"))
+@click.pass_context
+@_user_errors
+def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> None:
+    """Index video files or folders (incremental: unchanged files are skipped)."""
+    services = _services(ctx)
+    summary = services.index(list(paths), captions=captions, show_progress=True)
+    click.echo(summary.describe())
+    if summary.failed and not summary.done:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_user_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the library: every video, its state and any error."""
+    report = _services(ctx).status()
+    click.echo(json.dumps(report, indent=2) if as_json else _format_status(report))
+
+
+def _format_status(report: dict) -> str:
+    from storage.timefmt import format_time
+
+    lines = [f"Library: {report['library']}",
+             f"{report['counts'].get('indexed', 0)} indexed, {report['counts'].get('failed', 0)} failed, "
+             f"{report['moments']} moments"]
+    for v in report["videos"]:
+        dur = format_time(v["duration"], 0) if v.get("duration") else "?"
+        line = f"  [{v['id']}] {v['status']:<9} {dur:>8}  {v['path']}"
+        if v.get("error"):
+            line += f"\n        error: {v['error']}"
+        if v.get("notes"):
+            line += f"\n        note: {v['notes']}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--k", default=10, show_default=True, help="How many moments.")
+@click.option("--modality", multiple=True, type=click.Choice(["speech", "text", "visual", "caption"]),
+              help="Only these kinds of moment (repeatable).")
+@click.option("--video", "video", default=None, help="Only this video (id, path or file name).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one per moment.")
+@click.pass_context
+@_user_errors
+def search(ctx: click.Context, query: str, k: int, modality: tuple[str, ...], video: str | None,
+           as_json: bool) -> None:
+    """Find moments by what is said, shown or written on screen."""
+    from storage.timefmt import format_time
+
+    hits = _services(ctx).search(query, k=k, modalities=list(modality) or None, video=video)
+    for h in hits:
+        if as_json:
+            click.echo(json.dumps(h.to_dict()))
+        else:
+            click.echo(f"{h.score:.3f}  {format_time(h.start)}-{format_time(h.end)}  {h.modality:<7} "
+                       f"{h.video}  {h.text[:100]}")
+    if not hits and not as_json:
+        click.echo("No moments found.")
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--video", default=None, help="Ask about this video only (id, path or file name).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"answer", "evidence", "mode"}.')
+@click.pass_context
+@_user_errors
+def ask(ctx: click.Context, question: str, video: str | None, as_json: bool) -> None:
+    """Ask a question; the answer cites moments (video, start, end) as evidence."""
+    from storage.timefmt import format_time
+
+    result = _services(ctx).ask(question, video=video)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(result.answer)
+    for e in result.evidence:
+        mark = " verified" if e.verified else ""
+        click.echo(f"  - {e.video} {format_time(e.start)}-{format_time(e.end)} [{e.modality}{mark}] {e.text[:100]}")
+
+
+@cli.command()
+@click.option("--host", default=None, help=help_of("host"))
+@click.option("--port", default=None, type=int, help=help_of("port"))
+@click.option("--share", is_flag=True, help="Also publish a temporary public Gradio link.")
+@click.option("--auth", default=None, help=help_of("auth"), envvar="SIGHTLINE_AUTH")
+@click.pass_context
+@_user_errors
+def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, auth: str | None) -> None:
+    """Start the web UI."""
+    from dataclasses import replace
+
+    settings = replace(ctx.obj, **{k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v})
+    from app.ui import launch
+
+    launch(settings, share=share)
+
+
+def main() -> None:
+    cli(prog_name="sightline")
+
+
+if __name__ == "__main__":
+    main()
