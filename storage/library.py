@@ -1,12 +1,23 @@
 """The library folder: SQLite (or any SQLAlchemy URL), FAISS vectors, thumbnails and caches.
 
 One writer, many readers: every write goes through `Library.write(fn)`, which runs `fn(session)` on a single
-writer thread in one `BEGIN IMMEDIATE` transaction. Reads use their own sessions (`Library.read()`).
+writer thread in one transaction. On SQLite that transaction is `BEGIN IMMEDIATE` (the write lock is taken up
+front, so two processes never deadlock upgrading a read lock), the database is in WAL mode (readers never wait
+for the writer) and `busy_timeout` makes a second writer wait for the lock instead of failing with "database is
+locked". pysqlite's own transaction handling is switched off (`isolation_level = None`) so that the BEGIN we
+emit in SQLAlchemy's `begin` event is the one SQLite sees; tests/test_storage_library.py checks the statements.
+
+Reads use their own sessions (`Library.read()`); `read(deadline_s=...)` installs an SQLite progress handler
+that interrupts a query past its deadline and raises SightlineError instead of hanging.
+
+Any SQLAlchemy URL is accepted. Keyword search uses SQLite FTS5 when the database is SQLite and FTS5 is compiled
+in (`Library.has_fts`); elsewhere it falls back to LIKE and nothing touches FTS5.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -14,8 +25,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import create_engine, event, select, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
 
 from storage.errors import SightlineError
 from storage.models import Base, Moment, Video
@@ -23,6 +36,7 @@ from storage.models import Base, Moment, Video
 T = TypeVar("T")
 
 DB_NAME = "library.db"
+BUSY_TIMEOUT_MS = 60_000  # a second writer (another process) waits this long for the lock before failing
 
 # FTS5 over moments.text, kept in step by triggers (SQLite only; other databases fall back to LIKE).
 _FTS_DDL = [
@@ -32,31 +46,42 @@ _FTS_DDL = [
     "INSERT INTO moments_fts(rowid, text) VALUES (new.id, new.text); END",
     "CREATE TRIGGER IF NOT EXISTS moments_ad AFTER DELETE ON moments BEGIN "
     "INSERT INTO moments_fts(moments_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS moments_au AFTER UPDATE ON moments BEGIN "
+    "CREATE TRIGGER IF NOT EXISTS moments_au AFTER UPDATE OF text ON moments BEGIN "
     "INSERT INTO moments_fts(moments_fts, rowid, text) VALUES ('delete', old.id, old.text); "
     "INSERT INTO moments_fts(rowid, text) VALUES (new.id, new.text); END",
 ]
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    parsed = make_url(url)
+    in_memory = parsed.database in (None, "", ":memory:")
+    kwargs = {"poolclass": StaticPool} if in_memory else {}  # one shared connection, or each sees its own db
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+                           **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        dbapi_conn.isolation_level = None  # pysqlite emits no BEGIN of its own; we do (see _on_begin)
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: switching to WAL needs the lock
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        # Writers take the lock up front so two writers never deadlock on an upgrade.
+        # Writers take the lock up front: a deferred transaction that upgrades to a write after another
+        # process committed fails at once with SQLITE_BUSY (the busy handler cannot help it).
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("writer") else "BEGIN")
 
     return engine
+
+
+def _fts5_available(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        options = {r[0] for r in conn.exec_driver_sql("PRAGMA compile_options").all()}
+    return "ENABLE_FTS5" in options
 
 
 class Library:
@@ -65,10 +90,22 @@ class Library:
     def __init__(self, folder: Path, url: str | None = None):
         self.folder = Path(folder).expanduser().resolve()
         self.url = url or f"sqlite:///{self.folder / DB_NAME}"
-        self.is_sqlite = self.url.startswith("sqlite")
-        self.engine = _sqlite_engine(self.url) if self.is_sqlite else create_engine(self.url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            backend = make_url(self.url).get_backend_name()
+        except ArgumentError as err:
+            raise SightlineError(f"Cannot parse the database URL {self.url!r}.",
+                                 hint="Use an SQLAlchemy URL such as sqlite:////path/library.db or "
+                                 "postgresql://user@host/db, or leave SIGHTLINE_DATABASE_URL empty.") from err
+        self.is_sqlite = backend == "sqlite"
+        try:
+            self.engine = _sqlite_engine(self.url) if self.is_sqlite else create_engine(self.url)
+        except Exception as err:  # noqa: BLE001 - a missing driver, a bad option: the user's URL is the cause
+            raise SightlineError(f"Cannot open the database {self.url!r}: {err}",
+                                 hint="Check the URL and that its database driver is installed.") from err
+        # Keyword search: FTS5 where SQLite has it compiled in, LIKE everywhere else.
+        self.has_fts = self.is_sqlite and _fts5_available(self.engine)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightline-writer")
+        self._writer_thread: int | None = None
         self._vectors: dict[str, object] = {}
         self._vectors_lock = threading.Lock()
 
@@ -86,23 +123,34 @@ class Library:
             raise SightlineError(f"Cannot create the library folder {folder}: {err.strerror}.",
                                  hint="Choose a writable folder with --library or SIGHTLINE_LIBRARY.") from err
         lib = cls(folder, url)
-        lib._create_schema()
+        try:
+            lib._create_schema()
+        except OperationalError as err:
+            lib.close()
+            raise SightlineError(f"Cannot open the database {lib.url!r}: {err.orig}",
+                                 hint="Check that the file is a Sightline library.db and is writable.") from err
         return lib
 
     def _create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        if self.is_sqlite:
-            with self.engine.begin() as conn:
+        # In a writer transaction too: two processes opening a new library at once must not race.
+        def create(session: Session) -> None:
+            Base.metadata.create_all(session.connection())
+            if self.has_fts:
                 for ddl in _FTS_DDL:
-                    conn.exec_driver_sql(ddl)
+                    session.connection().exec_driver_sql(ddl)
+
+        self.write(create)
 
     # --- sessions -------------------------------------------------------------------------------------------
 
     def write(self, fn: Callable[[Session], T]) -> T:
         """Run fn in one transaction on the writer thread; return its result."""
+        if threading.get_ident() == self._writer_thread:
+            raise RuntimeError("Library.write() called from inside a write(): do all of it in one fn.")
         return self._writer.submit(self._in_transaction, fn).result()
 
     def _in_transaction(self, fn: Callable[[Session], T]) -> T:
+        self._writer_thread = threading.get_ident()
         with self.engine.connect() as conn:
             conn.info["writer"] = True
             try:
@@ -112,10 +160,25 @@ class Library:
                 conn.info.pop("writer", None)
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
-        """A session for reading; never commit in it."""
-        with self._sessions() as session:
-            yield session
+    def read(self, deadline_s: float | None = None) -> Iterator[Session]:
+        """A session for reading; never commit in it. With `deadline_s`, SQLite queries that run past the
+        deadline are interrupted and raise SightlineError (other databases ignore the deadline)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            if deadline_s is None or not self.is_sqlite:
+                yield session
+                return
+            raw = session.connection().connection.dbapi_connection
+            stop_at = time.monotonic() + deadline_s
+            raw.set_progress_handler(lambda: 1 if time.monotonic() > stop_at else 0, 2000)
+            try:
+                yield session
+            except OperationalError as err:
+                if "interrupted" in str(err.orig).lower():
+                    raise SightlineError(f"The search took longer than {deadline_s:g} s and was stopped.",
+                                         hint="Use more specific words, or filter by video or modality.") from None
+                raise
+            finally:
+                raw.set_progress_handler(None, 0)
 
     # --- paths ----------------------------------------------------------------------------------------------
 
@@ -161,7 +224,8 @@ class Library:
                 resolved = str(Path(str(ref)).expanduser().resolve())
                 video = s.scalar(select(Video).where(Video.path == resolved))
             if video is None:
-                matches = s.scalars(select(Video).where(Video.path.like(f"%/{Path(str(ref)).name}"))).all()
+                matches = s.scalars(select(Video).where(
+                    Video.path.endswith(f"/{Path(str(ref)).name}", autoescape=True))).all()
                 if len(matches) == 1:
                     video = matches[0]
             if video is None:

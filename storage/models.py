@@ -58,7 +58,7 @@ class Moment(Base):
     """A searchable span of one video: a speech segment, an on-screen text, a keyframe, a caption."""
 
     __tablename__ = "moments"
-    __table_args__ = (Index("ix_moments_video_start", "video_id", "start"),)
+    __table_args__ = (Index("ix_moments_video_start", "video_id", "start"), Index("ix_moments_modality", "modality"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # also the FAISS id of its vectors
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"))

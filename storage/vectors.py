@@ -1,45 +1,110 @@
 """FAISS vector stores, one per embedding space, derived from the `embeddings` table.
 
-A vector's FAISS id is its moment's row id. The file `vectors/<space>.faiss` has a sidecar
-`<space>.json` with the count and id checksum it was built from; when SQLite disagrees (a run killed between
-its commit and the FAISS save, a deleted file), the store is rebuilt from SQLite on open.
+A vector's FAISS id is its moment's row id (`add_with_ids`), so a result maps back through one lookup. SQLite is
+the truth: `vectors/<space>.faiss` has a sidecar `<space>.json` holding the id checksum (count, sum, min, max of
+the moment ids, the model) and the byte size and CRC32 of the .faiss file it describes. On open the store is
+rebuilt from SQLite when the file is missing, unreadable, corrupt (size/CRC differ), or stale (the checksum
+disagrees with SQLite: a run killed between its commit and the FAISS save). `rebuild()` streams the embeddings
+table in chunks, so its peak memory is the index plus one chunk.
+
+Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-like vectors, 2 shared cores):
+
+- up to EXACT_LIMIT (100k) vectors: `IndexIDMap2(IndexFlatIP)`, exact. 100k x 384 floats is 150 MB and one
+  query scans it in a few ms; no training, so a small library is exact and its results never change with the
+  index build.
+- above: `IndexIVFScalarQuantizer` (inverted file, 8-bit scalar-quantized codes, inner product), nlist =
+  4 * sqrt(n) rounded to a power of two (4096 at 1M), nprobe = IVF_NPROBE (32). Why this one:
+  * Flat at 1M costs ~100+ ms per query on these cores (it reads 1.5 GB per query): over the 50 ms budget.
+  * IVF reads nprobe/nlist of the data (~1% here): a few ms per query; its recall@10 against exact search is
+    what the benchmark reports (0.9+ at nprobe 32). nprobe is a per-query knob (raise it for recall).
+  * SQ8 codes are 4x smaller than float32 (384 MB instead of 1.5 GB at 1M) for a recall loss of about a
+    point against IVF-Flat at the same nprobe (the benchmark prints both); memory matters on a laptop that
+    also runs Whisper, OCR and a VLM.
+  * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not, and its graph takes
+    minutes to build at 1M on two cores. PQ would shrink memory further but its recall@10 at this dimension
+    needs a re-ranking stage with the full vectors, i.e. the memory we were saving.
+  A flat store that grows past EXACT_LIMIT through `add` is rebuilt as IVF from SQLite at that point.
+
+Filtered search (by modality or video) passes the allowed ids to FAISS as an `IDSelectorBitmap` inside the
+search parameters, so FAISS only ever ranks allowed vectors: no oversample-then-filter that can come back short.
+For IVF, nprobe is scaled by 1 / (allowed fraction) and becomes nlist (every list: an exhaustive scan of the
+allowed subset, distances computed only for its members) when the subset is under EXACT_SUBSET_FRACTION of the
+index, e.g. one video in a big library.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from storage.errors import SightlineError
 from storage.models import Embedding
 
-# Below this many vectors an exact flat index is fast enough; above it, see `_make_index`.
-EXACT_LIMIT = 200_000
+EXACT_LIMIT = 100_000  # up to this many vectors: exact flat index
+IVF_NPROBE = 32  # lists visited per query (of nlist); see the module docstring
+EXACT_SUBSET_FRACTION = 0.05  # a filtered search over less than this share of the index scans every list
+TRAIN_SAMPLE = 100_000  # vectors used to train the IVF quantizer (k-means)
+CHUNK = 50_000  # rows per read while rebuilding
 
 
-def _make_index(dim: int, count: int):
+def ivf_nlist(count: int) -> int:
+    """Inverted lists for `count` vectors: ~4 sqrt(n), a power of two, at most count / 39 (k-means needs data)."""
+    target = max(1.0, min(4 * math.sqrt(count), count / 39))
+    return int(2 ** round(math.log2(target)))
+
+
+def make_index(dim: int, count: int, kind: str = "auto"):
+    """An empty (untrained) index for `count` vectors. kind: auto | flat | ivf_flat | ivf_sq8."""
     import faiss
 
-    if count <= EXACT_LIMIT:
+    if kind == "auto":
+        kind = "flat" if count <= EXACT_LIMIT else "ivf_sq8"
+    if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    # IVF: exact search restricted to the nprobe closest cells; supports add_with_ids and remove_ids
-    # (HNSW does not support removal, which re-indexing a changed video needs).
-    nlist = int(4 * np.sqrt(count))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = 16
+    nlist = ivf_nlist(count)
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf_flat":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf_sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    index.own_fields = True
+    quantizer.this.disown()  # the IVF index owns its quantizer now (kept alive past this function)
+    index.nprobe = min(IVF_NPROBE, nlist)
     return index
+
+
+def is_ivf(index) -> bool:
+    return hasattr(index, "nlist") and hasattr(index, "invlists")
 
 
 def _checksum(session, space: str) -> dict:
     row = session.execute(
-        select(func.count(Embedding.id), func.coalesce(func.sum(Embedding.moment_id), 0), func.min(Embedding.model))
+        select(func.count(Embedding.id), func.coalesce(func.sum(Embedding.moment_id), 0),
+               func.min(Embedding.moment_id), func.max(Embedding.moment_id), func.min(Embedding.model))
         .where(Embedding.space == space)
     ).one()
-    return {"count": int(row[0]), "id_sum": int(row[1]), "model": row[2]}
+    return {"count": int(row[0]), "id_sum": int(row[1]), "id_min": row[2], "id_max": row[3], "model": row[4]}
+
+
+_CHECKSUM_KEYS = ("count", "id_sum", "id_min", "id_max", "model")
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def decode_vector(blob: bytes) -> np.ndarray:
@@ -50,16 +115,28 @@ def encode_vector(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=np.float32).tobytes()
 
 
+def id_selector(ids: np.ndarray):
+    """(selector, bitmap) for FAISS search parameters; keep the bitmap alive while the selector is used."""
+    import faiss
+
+    ids = np.asarray(ids, dtype=np.int64)
+    bits = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=bool)
+    bits[ids] = True
+    bitmap = np.packbits(bits, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
+
+
 class VectorStore:
     """The FAISS index of one space. Thread-safe; `search` never blocks on SQLite."""
 
-    def __init__(self, library, space: str, index, meta: dict):
+    def __init__(self, library, space: str, index=None, meta: dict | None = None):
         self.library = library
         self.space = space
         self.index = index
-        self.meta = meta
-        self._lock = threading.Lock()
+        self.meta = meta or {}
+        self._lock = threading.RLock()
         self._loaded_mtime = self._mtime()
+        self.rebuilt_on_open: str | None = None  # why open() rebuilt, for logs and tests
 
     @property
     def path(self) -> Path:
@@ -71,50 +148,99 @@ class VectorStore:
 
     def _mtime(self) -> float:
         try:
-            return self.meta_path.stat().st_mtime
+            return self.meta_path.stat().st_mtime_ns
         except FileNotFoundError:
-            return 0.0
+            return 0
+
+    # --- open / rebuild ------------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, library, space: str) -> VectorStore:
-        import faiss
-
-        store = cls(library, space, None, {})
-        with library.read() as s:
-            expected = _checksum(s, space)
-        if store.path.exists() and store.meta_path.exists():
-            try:
-                meta = json.loads(store.meta_path.read_text())
-                if {k: meta.get(k) for k in ("count", "id_sum")} == {k: expected[k] for k in ("count", "id_sum")}:
-                    store.index = faiss.read_index(str(store.path))
-                    store.meta = meta
-                    store._loaded_mtime = store._mtime()
-                    return store
-            except (OSError, ValueError, RuntimeError):
-                pass  # unreadable or stale: rebuild below
-        store.rebuild()
+        """Load the saved index when it matches SQLite; otherwise rebuild it from SQLite."""
+        store = cls(library, space)
+        reason = store._try_load()
+        if reason:
+            store.rebuild()
+            store.rebuilt_on_open = reason
         return store
 
-    def rebuild(self) -> None:
-        """Rebuild the index from what SQLite holds, then save it."""
+    def _try_load(self) -> str | None:
+        """Load the saved pair; return None on success or why it cannot be used."""
+        import faiss
+
+        with self.library.read() as s:
+            expected = _checksum(s, self.space)
+        if not self.meta_path.exists():
+            return "no sidecar"
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return "unreadable sidecar"
+        if {k: meta.get(k) for k in _CHECKSUM_KEYS} != {k: expected[k] for k in _CHECKSUM_KEYS}:
+            return "stale: SQLite holds other vectors"
+        if expected["count"] == 0:
+            self.index, self.meta, self._loaded_mtime = None, meta, self._mtime()
+            return None
+        if not self.path.exists():
+            return "no index file"
+        if self.path.stat().st_size != meta.get("bytes") or _file_crc(self.path) != meta.get("crc32"):
+            return "index file corrupt (size or CRC differs)"
+        try:
+            index = faiss.read_index(str(self.path))
+        except RuntimeError:
+            return "index file unreadable"
+        if index.ntotal != expected["count"]:
+            return "index file holds another count"
+        self.index, self.meta, self._loaded_mtime = index, meta, self._mtime()
+        return None
+
+    def rebuild(self, kind: str = "auto") -> None:
+        """Rebuild the index from what SQLite holds (streamed in chunks), then save it."""
+        with self.library.read() as s:
+            meta = _checksum(s, self.space)
+        index = None
+        if meta["count"]:
+            first = self._read_chunk(-1, 1)[1]
+            index = make_index(first.shape[1], meta["count"], kind)
+            if not index.is_trained:
+                index.train(self._train_sample(meta["count"]))
+            last = -1
+            while True:
+                ids, vecs = self._read_chunk(last, CHUNK)
+                if not len(ids):
+                    break
+                index.add_with_ids(vecs, ids)
+                last = int(ids[-1])
+        with self._lock:
+            self.index = index
+            self.meta = {**meta, "dim": int(index.d) if index is not None else None}
+            self._save_locked()
+
+    def _read_chunk(self, after_id: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         with self.library.read() as s:
             rows = s.execute(
-                select(Embedding.moment_id, Embedding.vector).where(Embedding.space == self.space)
-                .order_by(Embedding.moment_id)
+                select(Embedding.moment_id, Embedding.vector)
+                .where(Embedding.space == self.space, Embedding.moment_id > after_id)
+                .order_by(Embedding.moment_id).limit(n)
             ).all()
-            meta = _checksum(s, self.space)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.stack([decode_vector(r[1]) for r in rows]) if rows else np.zeros((0, 0), np.float32)
-        with self._lock:
-            self.index = None
-            if len(rows):
-                index = _make_index(vecs.shape[1], len(rows))
-                if not index.is_trained:
-                    index.train(vecs)
-                index.add_with_ids(vecs, ids)
-                self.index = index
-            self.meta = {**meta, "dim": int(vecs.shape[1]) if len(rows) else None}
-            self._save_locked()
+        if not rows:
+            return ids, np.zeros((0, 0), np.float32)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, np.ascontiguousarray(vecs)
+
+    def _train_sample(self, count: int) -> np.ndarray:
+        """An evenly spread sample of the space's vectors for k-means."""
+        step = max(1, count // TRAIN_SAMPLE)
+        with self.library.read() as s:
+            # A multiplicative hash of the id picks a deterministic, evenly spread sample.
+            rows = s.execute(text(
+                "SELECT vector FROM embeddings WHERE space = :space "
+                "AND ((moment_id * 2654435761) % 4294967296) % :step = 0 LIMIT :n"),
+                {"space": self.space, "step": step, "n": TRAIN_SAMPLE}).all()
+        return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
+
+    # --- changes (the rows are already committed to SQLite) --------------------------------------------------
 
     def add(self, ids, vectors: np.ndarray) -> None:
         """Add vectors (already committed to SQLite) under their moment ids, and save."""
@@ -123,8 +249,15 @@ class VectorStore:
         if not len(ids):
             return
         with self._lock:
-            if self.index is None:
-                self.index = _make_index(vectors.shape[1], len(ids))
+            if self.index is not None and vectors.shape[1] != self.index.d:
+                raise SightlineError(
+                    f"The {self.space} vectors are {self.index.d}-d but new ones are {vectors.shape[1]}-d.",
+                    hint="The embedding model changed: re-index the library (or delete its vectors folder).")
+            if self.index is not None:
+                self.index.remove_ids(ids)  # adding an id twice would leave two copies; re-adds replace
+            if self.index is None or (not is_ivf(self.index) and self.index.ntotal + len(ids) > EXACT_LIMIT):
+                self.rebuild()  # first vectors, or a flat index outgrowing its size: build the right type
+                return
             self.index.add_with_ids(vectors, ids)
             self._refresh_meta_locked()
             self._save_locked()
@@ -132,21 +265,53 @@ class VectorStore:
     def remove(self, ids) -> None:
         """Remove the vectors of these moment ids (already deleted from SQLite), and save."""
         ids = np.asarray(list(ids), dtype=np.int64)
-        if not len(ids) or self.index is None:
+        if not len(ids):
             return
         with self._lock:
-            self.index.remove_ids(ids)
+            if self.index is not None:
+                self.index.remove_ids(ids)
             self._refresh_meta_locked()
             self._save_locked()
 
-    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """Top-k (moment id, inner product) for one L2-normalised query vector."""
+    # --- search ----------------------------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int, subset: np.ndarray | None = None,
+               nprobe: int | None = None) -> list[tuple[int, float]]:
+        """Top-k (moment id, inner product) for one L2-normalised query vector, best first.
+
+        `subset`: only these moment ids may be returned (FAISS skips the others while scanning).
+        """
+        import faiss
+
         self._reload_if_changed()
         with self._lock:
-            if self.index is None or self.index.ntotal == 0:
+            index = self.index
+            if index is None or index.ntotal == 0:
                 return []
             q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-            scores, ids = self.index.search(q, min(k, self.index.ntotal))
+            if q.shape[1] != index.d:
+                raise SightlineError(
+                    f"The query vector is {q.shape[1]}-d but the {self.space} index holds {index.d}-d vectors.",
+                    hint="The embedding model changed since indexing: set it back or re-index the library.")
+            bitmap = None  # keeps the selector's memory alive through the search
+            params = None
+            if is_ivf(index):
+                params = faiss.SearchParametersIVF(nprobe=min(nprobe or index.nprobe, index.nlist))
+            if subset is not None:
+                subset = np.asarray(subset, dtype=np.int64)
+                if not len(subset):
+                    return []
+                selector, bitmap = id_selector(subset)
+                fraction = len(subset) / index.ntotal
+                if params is None:
+                    params = faiss.SearchParameters(sel=selector)
+                else:
+                    params.sel = selector
+                    params.nprobe = (index.nlist if fraction < EXACT_SUBSET_FRACTION
+                                     else min(index.nlist, math.ceil(params.nprobe / fraction)))
+                k = min(k, len(subset))
+            scores, ids = index.search(q, min(k, index.ntotal), params=params)
+            del bitmap
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     @property
@@ -154,21 +319,24 @@ class VectorStore:
         return 0 if self.index is None else int(self.index.ntotal)
 
     def ids(self) -> np.ndarray:
-        """All ids in the index (for consistency checks)."""
+        """All ids in the index, sorted (for consistency checks)."""
         import faiss
 
         with self._lock:
             if self.index is None:
                 return np.zeros(0, dtype=np.int64)
-            if isinstance(self.index, faiss.IndexIDMap2) or hasattr(self.index, "id_map"):
-                return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            if not is_ivf(self.index):
+                return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
             inv = self.index.invlists
-            out = [faiss.rev_swig_ptr(inv.get_ids(c), inv.list_size(c)).copy() for c in range(self.index.nlist)]
-            return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+            out = [faiss.rev_swig_ptr(inv.get_ids(c), inv.list_size(c)).copy()
+                   for c in range(self.index.nlist) if inv.list_size(c)]
+            return np.sort(np.concatenate(out).astype(np.int64)) if out else np.zeros(0, np.int64)
+
+    # --- files -----------------------------------------------------------------------------------------------
 
     def _refresh_meta_locked(self) -> None:
         with self.library.read() as s:
-            self.meta = {**_checksum(s, self.space), "dim": int(self.index.d)}
+            self.meta = {**_checksum(s, self.space), "dim": int(self.index.d) if self.index is not None else None}
 
     def _save_locked(self) -> None:
         import faiss
@@ -176,6 +344,7 @@ class VectorStore:
         tmp = self.path.with_suffix(".faiss.tmp")
         if self.index is not None:
             faiss.write_index(self.index, str(tmp))
+            self.meta = {**self.meta, "bytes": tmp.stat().st_size, "crc32": _file_crc(tmp)}
             os.replace(tmp, self.path)
         elif self.path.exists():
             self.path.unlink()
