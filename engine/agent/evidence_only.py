@@ -1,0 +1,92 @@
+"""Answers without a model: the best moments for the question, their text, and why no model is loaded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.agent.context import Step, ToolBackend
+from engine.agent.evidence import Evidence
+from storage.timefmt import format_time
+
+K = 5
+HOW_TO_LOAD = ("To get written, verified answers, load a video model: on a machine with a CUDA GPU set "
+               "SIGHTLINE_VLM_MODEL=auto (InternVideo3-8B) or a model id or local folder, e.g. "
+               "SIGHTLINE_VLM_MODEL=Qwen/Qwen3-VL-4B-Instruct, with its weights available offline.")
+
+# Question words that say what kind of answer is wanted but not what to look for.
+_LEAD_IN = re.compile(
+    r"^\s*(?:(?:when|where|at what (?:time|point)|what time|in which video|which video|how|what|who|why|does|do|did|"
+    r"is|are|was|were|can you|could you|please|tell me|show me|find)\b\s*)+"
+    r"(?:(?:do|does|did|is|are|was|were|they|he|she|someone|somebody|anyone|it|we|you|people|the speaker|"
+    r"say|says|said|mention|mentions|mentioned|talk about|talks about|appear|appears|show|shows|shown|written|"
+    r"read|on screen|the|a|an|that|words?|phrase)\b\s*)*",
+    re.I,
+)
+
+
+def core_query(question: str) -> str:
+    """The words to search for: quoted text if any, else the question without its lead-in ("when do they say")."""
+    quoted = re.findall(r"[\"“']([^\"”']{3,})[\"”']", question)
+    if quoted:
+        return " ".join(quoted)
+    core = _LEAD_IN.sub("", question).strip(" ?.!")
+    return core if len(core) >= 3 else question
+
+
+def best_moments(question: str, tools: ToolBackend, video_id: int | None, k: int = K) -> list:
+    """Search for the question and for its core words; fuse the two lists by rank."""
+    scope = [video_id] if video_id is not None else None
+    queries = [question]
+    core = core_query(question)
+    if core.lower() != question.lower():
+        queries.insert(0, core)
+    scores: dict[int, float] = {}
+    hits: dict[int, object] = {}
+    for q in queries:
+        for rank, h in enumerate(tools.search(q, max(k, 10), None, scope), start=1):
+            hits.setdefault(h.moment_id, h)
+            scores[h.moment_id] = scores.get(h.moment_id, 0.0) + 1.0 / (60 + rank)
+    order = sorted(scores, key=lambda m: -scores[m])[:k]
+    return [hits[m] for m in order]
+
+
+def evidence_only(question: str, tools: ToolBackend, video_id: int | None, reason: str,
+                  on_step: Callable[[Step], None] | None = None):
+    """The evidence-only answer: moments with their text, and a plain sentence on loading a model."""
+    from engine.agent.loop import AgentResult
+
+    if video_id is not None:
+        video_id = tools.video(video_id).id
+    steps: list[Step] = []
+    moments = best_moments(question, tools, video_id)
+    durations = {}
+    for m in moments:
+        if m.video_id not in durations:
+            durations[m.video_id] = tools.video(int(m.video_id)).duration
+    evidence = [Evidence.from_moment(m, verified=False, duration=durations[m.video_id]) for m in moments]
+    step = Step(1, "tool", f"search: {question}", "search", {"query": question},
+                observation=f"{len(evidence)} moments found")
+    steps.append(step)
+    if on_step:
+        on_step(step)
+    why = f" ({reason.rstrip('.')})" if reason else ""
+    head = f"No answering model is loaded{why}, so this is an evidence-only answer."
+    if evidence:
+        listed = "; ".join(f"{Path(e.video).name} at {format_time(e.start)} ({e.modality}): \"{_short(e.text)}\""
+                           for e in evidence[:3])
+        body = f"The moments that best match the question, best first: {listed}."
+    else:
+        body = "No indexed moment matches the question."
+    text = f"{head} {body} {HOW_TO_LOAD}"
+    final = Step(2, "answer", "answer", observation=text)
+    steps.append(final)
+    if on_step:
+        on_step(final)
+    return AgentResult(text, evidence, "evidence-only", steps, reason)
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -1,0 +1,77 @@
+"""The agent's tool backend over a library: read-only storage queries and frames of a window.
+
+The app builds one (`LibraryTools(library, embed_text)`) and hands it to `answer`; the agent itself never
+opens the database. Frames come from engine/video_inputs.sample_clip (PTS timestamps, pixel budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import select
+
+from engine.agent.context import VideoInfo
+from storage.errors import SightlineError
+from storage.models import INDEXED, Moment, Video
+from storage.search import MomentHit, search
+
+# Frames per inspect/verify window are capped by the agent's budget; pixels per frame here. 256*32*32 per frame
+# (about 256 visual tokens per frame pair) is what InternVideo3's evaluation uses for long videos.
+MAX_PIXELS = 256 * 32 * 32
+
+
+class LibraryTools:
+    """search / moments / clip over one open Library; `embed_text` and `embed_visual_text` are handed in."""
+
+    def __init__(self, library, embed_text: Callable | None, embed_visual_text: Callable | None = None,
+                 max_pixels: int = MAX_PIXELS, sample_clip: Callable | None = None):
+        self.library = library
+        self.embed_text = embed_text
+        self.embed_visual_text = embed_visual_text
+        self.max_pixels = max_pixels
+        self._sample_clip = sample_clip
+
+    def videos(self) -> list[VideoInfo]:
+        with self.library.read() as s:
+            rows = s.scalars(select(Video).where(Video.status == INDEXED).order_by(Video.id)).all()
+            return [VideoInfo(v.id, v.path, v.duration) for v in rows]
+
+    def video(self, ref: int | str) -> VideoInfo:
+        v = self.library.video_by_ref(ref)
+        return VideoInfo(v.id, v.path, v.duration)
+
+    def search(self, query: str, k: int = 8, modalities: Sequence[str] | None = None,
+               video_ids: Sequence[int] | None = None) -> list[MomentHit]:
+        return search(self.library, query, self.embed_text, k=k, modalities=modalities, video_ids=video_ids,
+                      embed_visual_text=self.embed_visual_text)
+
+    def moments(self, video_id: int, start: float, end: float,
+                modalities: Sequence[str] | None = None) -> list[MomentHit]:
+        """Moments of one video overlapping [start, end], by start time (score 0: they were not ranked)."""
+        with self.library.read() as s:
+            q = (select(Moment, Video).join(Video, Moment.video_id == Video.id)
+                 .where(Moment.video_id == video_id, Moment.start <= end, Moment.end >= start)
+                 .order_by(Moment.start, Moment.id))
+            if modalities:
+                q = q.where(Moment.modality.in_(list(modalities)))
+            rows = s.execute(q).all()
+        return [MomentHit(m.id, v.id, v.path, m.start, m.end, m.modality, m.text, 0.0,
+                          str(self.library.path_of(m.thumbnail)) if m.thumbnail else None) for m, v in rows]
+
+    def clip(self, video_id: int, start: float, end: float, fps: float, max_frames: int):
+        """Frames of [start, end] at fps (PTS timestamps), within the pixel budget."""
+        sample = self._sample_clip
+        if sample is None:
+            from engine.video_inputs import sample_clip as sample
+        info = self.video(video_id)
+        try:
+            clip = sample(info.path, start, end, fps, max_frames=max_frames, max_pixels=self.max_pixels)
+        except FileNotFoundError:
+            raise SightlineError(f"Video {video_id} ({info.path}) is no longer on disk.",
+                                 hint="Restore the file or re-index the library.") from None
+        if getattr(clip, "video_id", None) is None:
+            try:
+                clip.video_id = info.id
+            except AttributeError:
+                pass
+        return clip

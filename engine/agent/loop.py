@@ -1,0 +1,180 @@
+"""The answering loop, after InternVideo3's multimodal contextual reasoning: observe -> reason -> act.
+
+One evolving context holds the question, what tools returned, the model's reasoning, its calls and a short
+memory of what was already checked. The loop starts by observing (a search for the question), then lets the
+model call one tool per turn until it finishes or the step/token budget is spent; then it forces a final
+answer. Evidence is resolved by `resolve.py`; without a model, `evidence_only.py` answers instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.agent import prompts
+from engine.agent.context import Budget, Context, Step, ToolBackend
+from engine.agent.evidence import Evidence
+from engine.agent.parsing import parse_turn, strip_thinking
+from engine.agent.resolve import fallback_evidence, resolve_evidence
+from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, describe_tools
+from storage.errors import SightlineError
+
+MAX_QUESTION_CHARS = 2000
+ELIDED = "(older result elided to save context; the memory below lists what it found)"
+
+
+@dataclass
+class AgentResult:
+    answer: str
+    evidence: list[Evidence]
+    mode: str  # "agent" | "evidence-only"
+    steps: list[Step] = field(default_factory=list)
+    reason: str = ""  # evidence-only: why no model is loaded
+
+    def to_dict(self) -> dict:
+        """DESIGN.md's `ask --json` object."""
+        return {"answer": self.answer, "evidence": [e.to_dict() for e in self.evidence], "mode": self.mode}
+
+
+def check_question(question: str) -> str:
+    question = " ".join((question or "").split())
+    if not question:
+        raise SightlineError("The question is empty.", hint="Ask something about your videos, e.g. \"when is the "
+                                                             "red van on screen?\"")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise SightlineError(f"The question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}.",
+                             hint="Shorten it to what you want to know.")
+    return question
+
+
+def _clean_answer(text: str) -> str:
+    """A model's free text as an answer: no thinking, no tool-call markup."""
+    visible, _ = strip_thinking(text or "")
+    visible = re.sub(r"<tool_call>.*?(</tool_call>|$)", "", visible, flags=re.S)
+    visible = re.sub(r"```.*?(```|$)", "", visible, flags=re.S)
+    return " ".join(visible.split())
+
+
+def _title(name: str, args: dict) -> str:
+    """The chat title of a step: tool name and its most telling argument ("search: red van")."""
+    if name == "search":
+        return f"search: {args.get('query', '')}"
+    if name in ("inspect", "transcript", "screen_text", "verify"):
+        where = f"video {args.get('video', '?')} {args.get('start', '?')}-{args.get('end', '?')} s"
+        return f"{name}: {where}" if name != "verify" else f"verify: {str(args.get('claim', ''))[:60]} ({where})"
+    return name
+
+
+def _compact(ctx: Context) -> None:
+    """Elide the oldest tool results (keep the question turn and the last two results) to fit the token budget."""
+    results = [i for i, m in enumerate(ctx.messages) if m["role"] == "user" and i > 1]
+    for i in results[:-2]:
+        if ctx.context_tokens() <= ctx.budget.max_context_tokens:
+            return
+        if ctx.messages[i]["content"] != ELIDED:
+            ctx.messages[i] = {"role": "user", "content": ELIDED}
+
+
+def _model_turn(ctx: Context) -> str:
+    reply = ctx.vlm.chat(ctx.messages, clips=ctx.pending_clips, max_new_tokens=ctx.budget.max_new_tokens)
+    ctx.pending_clips = []
+    ctx.model_turns += 1
+    ctx.messages.append({"role": "assistant", "content": reply})
+    return reply
+
+
+def _observe_first(ctx: Context) -> str:
+    """The loop's first observation: the library overview and a search for the question itself."""
+    obs = call_tool(ctx, "search", {"query": ctx.question})
+    ctx.tool_calls += 1
+    ctx.done_calls[call_key("search", {"query": ctx.question})] = ctx.memory[-1] if ctx.memory else ""
+    ctx.emit("tool", f"search: {ctx.question}", "search", {"query": ctx.question}, observation=obs.text)
+    return obs.text
+
+
+def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
+           on_step: Callable[[Step], None] | None = None, max_steps: int = 8, budget: Budget | None = None,
+           no_model_reason: str = "") -> AgentResult:
+    """Answer a question over the library (or one video) with evidence; evidence-only when `vlm` is None."""
+    question = check_question(question)
+    if vlm is None:
+        from engine.agent.evidence_only import evidence_only
+
+        return evidence_only(question, tools, video_id, no_model_reason, on_step)
+    budget = budget or Budget(max_steps=max_steps)
+    ctx = Context(question, tools, vlm, budget, video_id, on_step)
+    if video_id is not None:
+        ctx.video_id = ctx.video(video_id).id  # raises SightlineError for an unknown video
+    system = prompts.SYSTEM.format(tools=describe_tools(DEFAULT_TOOLS))
+    first = _observe_first(ctx)
+    ctx.messages = [{"role": "system", "content": system},
+                    {"role": "user", "content": prompts.question_turn(
+                        question, prompts.videos_block(tools.videos(), ctx.video_id), first)}]
+    tool_names = frozenset(fn.__name__ for fn in DEFAULT_TOOLS)
+    final: dict | None = None
+    last_reasoning = ""
+    while ctx.tool_calls < budget.max_steps:
+        _compact(ctx)
+        if ctx.context_tokens() > budget.max_context_tokens:
+            ctx.emit("note", "context budget spent",
+                     observation=f"The context holds about {ctx.context_tokens()} tokens; the budget is "
+                                 f"{budget.max_context_tokens}.")
+            break
+        parsed = parse_turn(_model_turn(ctx), tool_names)
+        last_reasoning = parsed.reasoning or last_reasoning
+        if parsed.call is None:
+            ctx.tool_calls += 1  # a turn without a usable call still spends a step, so a confused model ends
+            text = f"Error: {parsed.error}. " + prompts.NO_CALL if parsed.error else prompts.NO_CALL
+            ctx.emit("error", "no tool call" if not parsed.error else "malformed tool call",
+                     reasoning=parsed.reasoning, observation=text)
+            ctx.messages.append({"role": "user", "content": prompts.with_memory(
+                text, ctx.memory, budget.max_steps - ctx.tool_calls)})
+            continue
+        name, args = parsed.call.name, parsed.call.arguments
+        key = call_key(name, args)
+        if name != "finish" and key in ctx.done_calls:
+            obs_text, error = f"You already made this call ({ctx.done_calls[key]}). Try something else or finish.", True
+            obs = None
+        else:
+            obs = call_tool(ctx, name, args)
+            obs_text, error = obs.text, obs.error
+        if obs is not None and obs.final is not None:
+            ctx.emit("tool", "finish", "finish", args, reasoning=parsed.reasoning, observation="")
+            final = obs.final
+            break
+        ctx.tool_calls += 1
+        if not error:
+            ctx.done_calls[key] = ctx.memory[-1] if ctx.memory else name
+        if parsed.extra_calls:
+            obs_text += f"\n(Only your first call ran; {parsed.extra_calls} more were ignored. One call per turn.)"
+        ctx.emit("error" if error else "tool", _title(name, args), name, args, parsed.reasoning, obs_text)
+        ctx.pending_clips = list(obs.clips) if obs is not None else []
+        ctx.messages.append({"role": "user", "content": prompts.with_memory(
+            obs_text, ctx.memory, budget.max_steps - ctx.tool_calls)})
+    if final is None:
+        final = _forced_finish(ctx, tool_names, last_reasoning)
+    answer_text = final["answer"] or "I could not find an answer in the library."
+    evidence = resolve_evidence(ctx, answer_text, final["evidence"])
+    if not evidence:
+        evidence = fallback_evidence(ctx, answer_text)
+    ctx.emit("answer", "answer", observation=answer_text)
+    return AgentResult(answer_text, evidence, "agent", ctx.steps)
+
+
+def _forced_finish(ctx: Context, tool_names: frozenset[str], last_reasoning: str) -> dict:
+    """Budget spent: ask once more for finish; take its answer, or the model's own words when it will not."""
+    ctx.emit("note", "budget spent", observation=f"{ctx.tool_calls} tool calls made; asking for the final answer.")
+    ctx.pending_clips = []
+    ctx.messages.append({"role": "user", "content": prompts.FORCE_FINISH})
+    _compact(ctx)
+    reply = _model_turn(ctx)
+    parsed = parse_turn(reply, tool_names)
+    if parsed.call is not None and parsed.call.name == "finish":
+        args = parsed.call.arguments
+        text = str(args.get("answer", "")).strip()
+        ev = args.get("evidence") or []
+        ctx.emit("tool", "finish", "finish", args, reasoning=parsed.reasoning)
+        return {"answer": text or _clean_answer(parsed.reasoning), "evidence": ev if isinstance(ev, list) else [ev]}
+    text = _clean_answer(reply) or _clean_answer(last_reasoning)
+    return {"answer": text, "evidence": []}
