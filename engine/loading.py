@@ -1,0 +1,359 @@
+"""Load an answering model once, under a lock, and say exactly why when it cannot be loaded.
+
+`load_vlm(model, quantization, ...)` resolves the name (engine/registry.py), checks what can be checked before
+touching weights (transformers version, GPU present, GPU memory against an estimate from the parameter count,
+config is a video model, weights reachable offline), loads with bitsandbytes when asked, refuses a checkpoint
+that leaves weights newly initialized, and returns an `engine.chat.VideoChat`. Every failure a user can meet is
+a SightlineError; `load_vlm_or_reason` turns it into (None, reason) so the app falls back to evidence-only mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.registry import DEFAULT_GPU_MODEL, CPU_MAX_PARAMS, ModelSpec, resolve, with_family
+from storage.errors import SightlineError
+
+log = logging.getLogger(__name__)
+
+TRANSFORMERS_MIN, TRANSFORMERS_MAX = "4.57.3", "5"  # InternVideo3's remote code needs >=4.57.3,<5
+QUANTIZATIONS = ("auto", "nf4", "int8", "bf16")
+GIB = 2**30
+# Room beyond the weights for activations, the vision tower's prefill and a few thousand cached tokens.
+RUNTIME_HEADROOM = int(1.5 * GIB)
+
+# Modules bitsandbytes must leave alone. "model.visual" is the dotted name that works in 4.57 and 5.x
+# (offline-stack.md section 4: plain "visual" stops matching in 5.x); lm_head stays in bf16 for quality;
+# kv_b_proj because the absorbed M2LA decode reads its weight as [H, d_n + d_v, r] (internvideo3.md 2.3).
+SKIP_MODULES = {
+    "qwen3_vl": ["model.visual", "visual", "lm_head"],
+    "tiny": ["model.visual", "visual", "lm_head"],
+    "internvideo3": ["model.visual", "visual", "lm_head", "kv_b_proj"],
+}
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple, object] = {}
+
+
+@dataclass
+class LoadPlan:
+    """What will be loaded, how, and the memory arithmetic behind the choice."""
+
+    spec: ModelSpec
+    quantization: str  # nf4 | int8 | bf16 (on a CPU "bf16" loads float32: CPUs lack fast bf16 matmuls)
+    device: str  # cuda | cpu
+    params: int
+    keep_params: int
+    need_bytes: int
+    free_bytes: int | None  # GPU memory free at planning time; None on a CPU
+    skip_modules: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["spec"] = self.spec.name
+        return d
+
+
+# --- checks that need no weights -------------------------------------------------------------------------------
+
+
+def check_transformers(version: str | None = None) -> str:
+    """Raise unless transformers is >=4.57.3,<5 (InternVideo3's remote code and our cache code need that range)."""
+    from packaging.version import Version
+
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    if not (Version(TRANSFORMERS_MIN) <= Version(version) < Version(TRANSFORMERS_MAX)):
+        raise SightlineError(
+            f"transformers {version} is installed; the answering model needs >={TRANSFORMERS_MIN},<{TRANSFORMERS_MAX}.",
+            hint=f'Run: pip install "transformers>={TRANSFORMERS_MIN},<{TRANSFORMERS_MAX}"',
+        )
+    return version
+
+
+def cuda_free_bytes() -> int | None:
+    """Free memory on GPU 0 in bytes, or None when there is no CUDA GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(0)
+    return int(free)
+
+
+def count_params(config: dict) -> tuple[int, int]:
+    """(all parameters, never-quantized parameters) of a Qwen3-VL / InternVideo3 config.json, by arithmetic."""
+    t = config.get("text_config") or config
+    v = config.get("vision_config") or {}
+    hid, inter, layers = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
+    heads = t["num_attention_heads"]
+    if "kv_lora_rank" in t:  # M2LA: q, kv_a (latent + shared rope key), kv_b, o
+        dn, dr, dv, r = t["qk_nope_head_dim"], t["qk_rope_head_dim"], t["v_head_dim"], t["kv_lora_rank"]
+        attn = hid * heads * (dn + dr) + hid * (r + dr) + r * heads * (dn + dv) + heads * dv * hid
+    else:
+        hd = t.get("head_dim") or hid // heads
+        kvh = t.get("num_key_value_heads") or heads
+        attn = hid * heads * hd * 2 + hid * kvh * hd * 2
+    mlp = 3 * hid * inter
+    embed = t["vocab_size"] * hid
+    tied = config.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
+    head = 0 if tied else embed
+    vision = 0
+    if v:
+        vh, vi, depth = v["hidden_size"], v["intermediate_size"], v["depth"]
+        patch = v.get("in_channels", 3) * v.get("temporal_patch_size", 2) * v["patch_size"] ** 2
+        merge = v.get("spatial_merge_size", 2) ** 2
+        merger = (vh * merge) ** 2 + vh * merge * v["out_hidden_size"]
+        n_mergers = 1 + len(v.get("deepstack_visual_indexes") or [])
+        vision = (
+            depth * (4 * vh * vh + 2 * vh * vi)
+            + patch * vh
+            + v.get("num_position_embeddings", 0) * vh
+            + n_mergers * merger
+        )
+    total = layers * (attn + mlp) + embed + head + vision
+    return total, embed + head + vision
+
+
+def bytes_needed(params: int, keep_params: int, quantization: str) -> int:
+    """GPU bytes for the weights under a quantization, plus runtime headroom."""
+    quantized = max(params - keep_params, 0)
+    per_param = {"bf16": 2.0, "int8": 1.0, "nf4": 0.55}[quantization]  # nf4: 4 bits + absmax/double-quant state
+    return int(2.0 * keep_params + per_param * quantized) + RUNTIME_HEADROOM
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f} GiB"
+
+
+def plan_load(spec: ModelSpec, quantization: str, free_bytes: int | None, params: tuple[int, int] | None = None):
+    """Choose quantization and device, or raise the SightlineError that says why this model cannot run here."""
+    if quantization not in QUANTIZATIONS:
+        raise SightlineError(
+            f"Unknown quantization {quantization!r}.", hint=f"Use one of: {', '.join(QUANTIZATIONS)}."
+        )
+    total, keep = params or (spec.params, spec.keep_params)
+    device = "cuda" if free_bytes is not None else "cpu"
+    skip = SKIP_MODULES.get(spec.family, SKIP_MODULES["qwen3_vl"])
+    if device == "cpu":
+        if spec.needs_gpu or total > CPU_MAX_PARAMS:
+            raise SightlineError(
+                f"{spec.name} needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False); "
+                f"with {total / 1e9:.1f} B parameters one answer on a CPU would take many minutes.",
+                hint="Run Sightline on a machine with an NVIDIA GPU (8 GiB is enough with nf4), pick a smaller "
+                "model (vlm_model=qwen3-vl-2b runs on a CPU, slowly), or set vlm_model=none for evidence-only answers.",
+            )
+        chosen = "bf16" if quantization == "auto" else quantization
+        return LoadPlan(spec, chosen, device, total, keep, 0, None, skip)
+    if quantization == "auto":
+        chosen = "bf16" if bytes_needed(total, keep, "bf16") <= free_bytes else "nf4"
+    else:
+        chosen = quantization
+    need = bytes_needed(total, keep, chosen)
+    if need > free_bytes:
+        smaller = "Use quantization=nf4, " if chosen != "nf4" else ""
+        raise SightlineError(
+            f"Not enough GPU memory for {spec.name} in {chosen}: it needs about {_gib(need)} "
+            f"({total / 1e9:.1f} B parameters, {keep / 1e9:.1f} B kept in bf16, plus {_gib(RUNTIME_HEADROOM)} "
+            f"for activations) and {_gib(free_bytes)} is free.",
+            hint=f"{smaller}close other programs using the GPU, or pick a smaller model (qwen3-vl-4b, qwen3-vl-2b).",
+        )
+    return LoadPlan(spec, chosen, device, total, keep, need, free_bytes, skip)
+
+
+# --- config and weights ------------------------------------------------------------------------------------------
+
+
+def offline_error(name: str, err: Exception | None = None) -> SightlineError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+    detail = f" ({type(err).__name__})" if err is not None else ""
+    return SightlineError(
+        f"The weights of {name} are not on this machine and cannot be downloaded: {why}{detail}.",
+        hint=f"On a machine with internet run `huggingface-cli download {name} --local-dir ./{name.split('/')[-1]}`, "
+        f"copy that folder here and pass its path (--vlm-model PATH or SIGHTLINE_VLM_MODEL=PATH).",
+    )
+
+
+def read_config(spec: ModelSpec) -> dict:
+    """config.json of a local folder or a hub id (from the local cache, or downloaded when online)."""
+    import json
+
+    if spec.local:
+        return json.loads((Path(spec.name) / "config.json").read_text())
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        path = hf_hub_download(spec.name, "config.json")
+    except GatedRepoError:
+        raise SightlineError(
+            f"{spec.name} is gated on the Hugging Face Hub.",
+            hint="Accept its licence on huggingface.co and log in with `huggingface-cli login`.",
+        ) from None
+    except RepositoryNotFoundError:
+        raise SightlineError(
+            f"{spec.name} does not exist on the Hugging Face Hub.", hint="Check the spelling of the model id."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - offline, DNS, proxy, timeouts: all mean "cannot get it now"
+        raise offline_error(spec.name, err) from None
+    return json.loads(Path(path).read_text())
+
+
+def _quantization_config(plan: LoadPlan):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if plan.device == "cuda" else torch.float32
+    if plan.quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=plan.skip_modules,  # replaces the default list: name lm_head ourselves
+        )
+    if plan.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=plan.skip_modules)
+    return None
+
+
+def load_weights(plan: LoadPlan, path: str):
+    """(model, processor) from a local folder or hub id; newly initialized weights are an error, not a warning."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+
+    dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
+    kwargs = dict(
+        dtype=dtype,
+        device_map={"": 0} if plan.device == "cuda" else "cpu",
+        trust_remote_code=plan.spec.trust_remote_code,
+        output_loading_info=True,
+        attn_implementation="sdpa",
+    )
+    qconfig = _quantization_config(plan)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    # InternVideo3's README loads through AutoModelForCausalLM (remote code); stock Qwen3-VL is image-text-to-text.
+    auto = AutoModelForCausalLM if plan.spec.family == "internvideo3" else AutoModelForImageTextToText
+    try:
+        model, info = auto.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=plan.spec.trust_remote_code)
+    except OSError as err:
+        if plan.spec.local:
+            raise SightlineError(
+                f"{path} is missing files the model needs: {err}",
+                hint="Download the model again (huggingface-cli download <id> --local-dir DIR).",
+            ) from None
+        raise offline_error(plan.spec.name, err) from None
+    missing = list(info.get("missing_keys") or [])
+    mismatched = [k for k, *_ in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        bad = (missing + mismatched)[:5]
+        raise SightlineError(
+            f"{plan.spec.name}: {len(missing) + len(mismatched)} weights were not in the checkpoint and would be "
+            f"newly initialized (random), e.g. {', '.join(bad)}. The model would answer nonsense.",
+            hint="The checkpoint does not match this transformers version or is incomplete: download it again and "
+            f'check `pip install "transformers>={TRANSFORMERS_MIN},<{TRANSFORMERS_MAX}"`.',
+        )
+    if getattr(processor, "video_processor", None) is None:
+        raise SightlineError(
+            f"{plan.spec.name} has no video processor (processor type {type(processor).__name__}).",
+            hint="Sightline needs a Qwen3-VL style processor with a video_processor.",
+        )
+    model.eval()
+    return model, processor
+
+
+# --- the entry points --------------------------------------------------------------------------------------------
+
+
+def resolve_setting(model: str, free_bytes: int | None) -> ModelSpec:
+    """vlm_model setting -> spec: 'auto' is InternVideo3 on a GPU, nothing on a CPU; 'none' is nothing."""
+    name = (model or "auto").strip()
+    if name.lower() == "none":
+        raise SightlineError(
+            "No answering model: vlm_model is 'none'.",
+            hint="Answers are the best evidence moments. Set vlm_model (e.g. SIGHTLINE_VLM_MODEL=qwen3-vl-2b) to load one.",
+        )
+    if name.lower() == "auto":
+        if free_bytes is None:
+            raise SightlineError(
+                "No answering model: there is no CUDA GPU here and vlm_model is 'auto' "
+                f"({DEFAULT_GPU_MODEL} needs a GPU).",
+                hint="Answers are the best evidence moments. On a GPU machine Sightline loads InternVideo3; on a CPU "
+                "you can set vlm_model=qwen3-vl-2b (slow) with its weights downloaded.",
+            )
+        name = DEFAULT_GPU_MODEL
+    return resolve(name)
+
+
+def load_vlm(
+    model: str = "auto",
+    quantization: str = "auto",
+    cache_bytes: int = 4 * GIB,
+    library: str | Path | None = None,
+    **chat_options,
+):
+    """Load (once per model, quantization and device) and return a VideoChat; raise SightlineError saying why not."""
+    check_transformers()
+    free = cuda_free_bytes()
+    spec = resolve_setting(model, free)
+    key = (spec.name, quantization, "cuda" if free is not None else "cpu", str(library))
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        path = spec.name
+        if spec.family == "tiny":
+            from engine.tiny import tiny_model_dir
+
+            path = str(tiny_model_dir(Path(library or Path.home() / ".cache" / "sightline")))
+            spec = resolve(path)
+        counts = None
+        if spec.params == 0 or spec.family == "unknown":
+            config = read_config(spec)
+            if spec.family == "unknown":
+                spec = with_family(spec, config)
+            counts = count_params(config)
+        plan = plan_load(spec, quantization, free, counts)
+        if not spec.local:
+            read_config(spec)  # fail fast with the offline message before transformers' own error text
+        log.info("loading %s (%s on %s, ~%s)", spec.name, plan.quantization, plan.device, _gib(plan.need_bytes))
+        model_obj, processor = load_weights(plan, path)
+        from engine.chat import VideoChat
+
+        chat = VideoChat(model_obj, processor, plan, cache_bytes=cache_bytes, library=library, **chat_options)
+        _LOADED[key] = chat
+        return chat
+
+
+def load_vlm_or_reason(settings_like) -> tuple[object | None, str]:
+    """(VideoChat, "") or (None, reason) from anything with vlm_model / quantization / cache_bytes / library.
+
+    Never raises: a model that cannot load must not take the app down, it puts the app in evidence-only mode.
+    """
+    try:
+        chat = load_vlm(
+            getattr(settings_like, "vlm_model", "auto"),
+            getattr(settings_like, "quantization", "auto"),
+            getattr(settings_like, "cache_bytes", 4 * GIB),
+            getattr(settings_like, "library", None),
+        )
+        return chat, ""
+    except SightlineError as err:
+        return None, err.user_text()
+    except Exception as err:  # noqa: BLE001 - the app must stay up; the log has the traceback
+        log.exception("loading the answering model failed")
+        return None, f"The answering model failed to load ({type(err).__name__}: {err}). See the log for details."
+
+
+def forget_loaded() -> None:
+    """Drop loaded models (tests; switching models in the UI)."""
+    with _LOCK:
+        _LOADED.clear()

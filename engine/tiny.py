@@ -1,0 +1,182 @@
+"""Tiny random Qwen3-VL models for tests, built offline: a locally trained tokenizer, the real config and processor.
+
+Nothing here downloads. `tiny_model_dir(folder)` writes a complete model folder (config, safetensors weights,
+tokenizer, chat template, image + video processor configs) that the real loading code opens like any local
+checkpoint; `tiny_video_chat(folder)` returns it loaded as a `VideoChat`. The architecture is the real
+`Qwen3VLForConditionalGeneration` (vision tower with deepstack, interleaved M-RoPE); only the sizes are small.
+Widths are >= 64 wherever bitsandbytes 4-bit must quantize a Linear (it crashes below 64 on CPU,
+offline-stack.md section 4), so the same folder also serves the nf4 test.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+TINY_NAME = "tiny-qwen3-vl"
+# Bump when the tiny model's recipe changes, so cached folders are rebuilt.
+TINY_VERSION = 2
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<think>",
+    "</think>",
+]
+
+# Qwen3-VL's ChatML layout: a string content is text; a list content holds {"type": "video"|"image"|"text"} items.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif item['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Enough English, digits and JSON for the tokenizer to cover what tests and the agent write.
+_CORPUS = [
+    "What happens in this video? A cat sits on a red mat.",
+    "A person rides a bike down the street past a yellow taxi sign.",
+    "The screen shows the text THANKS FOR WATCHING in white letters.",
+    "Describe what is seen, who is there, any on-screen text and the actions.",
+    "Video 1: at 12.5 seconds someone says hello and waves. 0 1 2 3 4 5 6 7 8 9",
+    '{"tool": "search", "args": {"query": "red van", "video": 3, "start": 10.0, "end": 20.5}}',
+    "You are Sightline, an assistant that answers questions about videos with evidence.",
+    "yes no true false supported not supported answer evidence verify inspect transcript screen_text finish",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?'\"()[]{}<>-_/\\=+*#%&@$",
+]
+
+_lock = threading.Lock()
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer trained here on a small corpus, wrapped as Qwen2TokenizerFast (4.57 needs that)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    fast = Qwen2TokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None
+    )
+    fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(tokenizer):
+    """Qwen3VLConfig with the real layout and tiny widths (transformers 4.57 keywords: rope_scaling=)."""
+    from transformers import Qwen3VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = len(tokenizer)
+    vocab += -vocab % 64  # a round vocabulary, like real checkpoints
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            rope_theta=10000.0,
+            # sum(mrope_section) == head_dim / 2
+            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            patch_size=16,  # the real patch: the processor's 32 px per merged token holds
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            out_hidden_size=64,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+
+
+def build_processor(tokenizer):
+    """The real Qwen3VLProcessor: Qwen2-VL image processor + Qwen3-VL video processor + the tokenizer."""
+    from transformers import Qwen2VLImageProcessorFast, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessorFast(patch_size=16, temporal_patch_size=2, merge_size=2)
+    # Tiny budgets: at most 16 merged tokens per frame pair on average keeps tests fast.
+    video_processor = Qwen3VLVideoProcessor(
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        size={"shortest_edge": 2 * 32 * 32, "longest_edge": 16 * 32 * 32 * 8},
+    )
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_model_dir(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model into folder/tiny-qwen3-vl (once; reused when already complete) and return its path."""
+    out = Path(folder) / TINY_NAME
+    marker = out / "sightline_tiny.json"
+    with _lock:
+        if marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
+            return out
+        import torch
+        from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer = build_tokenizer()
+        config = tiny_config(tokenizer)
+        torch.manual_seed(seed)
+        model = Qwen3VLForConditionalGeneration(config).eval()
+        model.generation_config = GenerationConfig(
+            eos_token_id=[config.text_config.eos_token_id, config.text_config.pad_token_id],
+            pad_token_id=config.text_config.pad_token_id,
+            do_sample=False,
+        )
+        model.save_pretrained(out, safe_serialization=True)
+        build_processor(tokenizer).save_pretrained(out)
+        marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    return out
+
+
+def tiny_video_chat(folder: str | Path, quantization: str = "bf16", **kwargs):
+    """The tiny model loaded through the real loading code (engine.loading) as a VideoChat."""
+    from engine.loading import load_vlm
+
+    return load_vlm(str(tiny_model_dir(folder)), quantization=quantization, library=Path(folder), **kwargs)
