@@ -54,6 +54,7 @@ class Verdict:
     claim: str
     supported: bool
     reply: str
+    unclear: bool = False  # the model said neither yes nor no: not verified, not refuted either
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Context:
         """True when verify looked at an overlapping window and said no (and nothing there said yes)."""
         if self.supported_verdict(video_id, start, end):
             return False
-        return any(not v.supported and v.video_id == video_id and overlap(v.start, v.end, start, end) > 0
+        return any(not v.supported and not v.unclear and v.video_id == video_id and overlap(v.start, v.end, start, end) > 0
                    for v in self.verdicts)
 
     # --- streaming ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, describe_tool
 from storage.errors import SightlineError
 
 MAX_QUESTION_CHARS = 2000
+OUT_OF_STEPS = "I ran out of steps before I could answer; the closest moments I found are listed as evidence."
 ELIDED = "(older result elided to save context; the memory below lists what it found)"
 
 
@@ -113,7 +114,6 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
                         question, prompts.videos_block(tools.videos(), ctx.video_id), first)}]
     tool_names = frozenset(fn.__name__ for fn in DEFAULT_TOOLS)
     final: dict | None = None
-    last_reasoning = ""
     while ctx.tool_calls < budget.max_steps:
         _compact(ctx)
         if ctx.context_tokens() > budget.max_context_tokens:
@@ -122,7 +122,6 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
                                  f"{budget.max_context_tokens}.")
             break
         parsed = parse_turn(_model_turn(ctx), tool_names)
-        last_reasoning = parsed.reasoning or last_reasoning
         if parsed.call is None:
             ctx.tool_calls += 1  # a turn without a usable call still spends a step, so a confused model ends
             text = f"Error: {parsed.error}. " + prompts.NO_CALL if parsed.error else prompts.NO_CALL
@@ -153,7 +152,7 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
         ctx.messages.append({"role": "user", "content": prompts.with_memory(
             obs_text, ctx.memory, budget.max_steps - ctx.tool_calls)})
     if final is None:
-        final = _forced_finish(ctx, tool_names, last_reasoning)
+        final = _forced_finish(ctx, tool_names)
     answer_text = final["answer"] or "I could not find an answer in the library."
     evidence = resolve_evidence(ctx, answer_text, final["evidence"])
     if not evidence:
@@ -162,7 +161,7 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
     return AgentResult(answer_text, evidence, "agent", ctx.steps)
 
 
-def _forced_finish(ctx: Context, tool_names: frozenset[str], last_reasoning: str) -> dict:
+def _forced_finish(ctx: Context, tool_names: frozenset[str]) -> dict:
     """Budget spent: ask once more for finish; take its answer, or the model's own words when it will not."""
     ctx.emit("note", "budget spent", observation=f"{ctx.tool_calls} tool calls made; asking for the final answer.")
     ctx.pending_clips = []
@@ -175,6 +174,8 @@ def _forced_finish(ctx: Context, tool_names: frozenset[str], last_reasoning: str
         text = str(args.get("answer", "")).strip()
         ev = args.get("evidence") or []
         ctx.emit("tool", "finish", "finish", args, reasoning=parsed.reasoning)
-        return {"answer": text or _clean_answer(parsed.reasoning), "evidence": ev if isinstance(ev, list) else [ev]}
-    text = _clean_answer(reply) or _clean_answer(last_reasoning)
+        return {"answer": text or _clean_answer(parsed.reasoning) or OUT_OF_STEPS, "evidence": ev if isinstance(ev, list) else [ev]}
+    text = "" if parsed.call is not None else _clean_answer(reply)
+    if not text:
+        text = OUT_OF_STEPS
     return {"answer": text, "evidence": []}

@@ -90,7 +90,7 @@ def _check(ctx: Context, claim: str, video_id: int, start: float, end: float, le
         return None
     ctx.emit("tool", f"verify: video {video_id} {verdict.start:.1f}-{verdict.end:.1f} s", "verify",
              {"claim": claim, "video": video_id, "start": start, "end": end}, observation=text)
-    return verdict.supported
+    return None if verdict.unclear else verdict.supported
 
 
 def resolve_evidence(ctx: Context, answer: str, cited: list) -> list[Evidence]:

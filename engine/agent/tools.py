@@ -114,7 +114,7 @@ def run_verify(ctx: Context, claim: str, video: int, start: float, end: float) -
     reply = ctx.vlm.chat(messages, clips=[clip], max_new_tokens=64)
     ctx.model_turns += 1
     said = _verdict(reply)
-    verdict = Verdict(info.id, s, e, claim, bool(said), reply.strip())
+    verdict = Verdict(info.id, s, e, claim, bool(said), reply.strip(), unclear=said is None)
     ctx.verdicts.append(verdict)
     word = {True: "SUPPORTED", False: "NOT SUPPORTED", None: "UNCLEAR (counted as not supported)"}[said]
     ctx.memory.append(f"verify video {info.id} {s:.1f}-{e:.1f} s \"{claim[:80]}\": {word}")

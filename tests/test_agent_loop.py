@@ -1,0 +1,230 @@
+"""The agent loop's exact behaviour, driven by a scripted model (tests/agent_doubles.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.agent import Budget, answer
+from storage.errors import SightlineError
+from tests.agent_doubles import ScriptedChat, call, two_video_backend
+
+
+def _run(turns, verdicts=(), video_id=None, **kw):
+    backend = two_video_backend()
+    model = ScriptedChat(list(turns), list(verdicts))
+    steps = []
+    result = answer("when do they say dagger", backend, model, video_id=video_id, on_step=steps.append, **kw)
+    return result, model, backend, steps
+
+
+def test_a_timestamp_no_tool_returned_is_dropped_when_verify_says_no():
+    result, model, _, steps = _run(
+        [call("finish", answer="They say it at 50 s.", evidence=[{"video": 2, "start": 15, "end": 18}])],
+        verdicts=["NO, nobody speaks here."])
+    # the invented window was re-watched (verify ran on exactly that window) and then dropped
+    check = model.verify_calls()[0]
+    assert check["clips"][0].timestamps[0] == pytest.approx(15.0)
+    assert all(not (e.video_id == 2 and e.start == 15.0) for e in result.evidence), result.evidence
+    assert any(s.title == "evidence dropped" and "15.0-18.0" in s.observation for s in steps)
+    # nothing unverified that no tool returned is shown
+    for e in result.evidence:
+        assert e.moment_id is not None or e.verified
+
+
+def test_a_timestamp_no_tool_returned_is_kept_only_as_verified_window():
+    result, model, _, _ = _run(
+        [call("finish", answer="The dagger line.", evidence=[{"video": 2, "start": 15, "end": 18}])],
+        verdicts=["YES, the text reads DAGGER."])
+    [ev] = result.evidence
+    assert (ev.video_id, ev.start, ev.end, ev.verified, ev.moment_id) == (2, 15.0, 18.0, True, None)
+    assert len(model.verify_calls()) == 1
+
+
+def test_a_timestamp_outside_the_video_is_snapped_into_its_duration():
+    result, _, backend, _ = _run(
+        [call("finish", answer="Near the end.", evidence=[{"video": 2, "start": 28, "end": 95}])],
+        verdicts=["YES"])
+    for e in result.evidence:
+        assert 0 <= e.start <= e.end <= 30.0
+    # the clip that was verified was also inside the video
+    assert all(0 <= s <= e <= 30.0 for _vid, s, e, _fps in backend.clips)
+
+
+def test_verify_runs_before_an_item_is_marked_verified():
+    result, model, _, steps = _run(
+        [call("search", query="dagger"),
+         call("verify", claim="someone says I sleep with a dagger", video=2, start=5, end=8),
+         call("finish", answer="At 5 s in talk.mp4.", evidence=[{"moment": 3}])],
+        verdicts=["YES, the transcript has it."])
+    [ev] = result.evidence
+    assert ev.verified and ev.moment_id == 3 and (ev.start, ev.end) == (5.0, 8.0)
+    titles = [s.title for s in steps]
+    assert titles.index("verify: someone says I sleep with a dagger (video 2 5-8 s)") < titles.index("finish")
+    # the verifier saw frames of that window at >= 2 fps, and the indexed speech there
+    [check] = model.verify_calls()
+    ts = check["clips"][0].timestamps
+    assert ts[0] == pytest.approx(5.0) and ts[1] - ts[0] <= 0.5
+    assert "I sleep with a dagger" in check["messages"][-1]["content"]
+
+
+def test_a_cited_moment_is_not_verified_when_verify_says_no_and_is_dropped():
+    result, model, _, _ = _run(
+        [call("finish", answer="At 5 s.", evidence=[{"moment": 3}])], verdicts=["NO"])
+    assert len(model.verify_calls()) == 1
+    assert not any(e.moment_id == 3 for e in result.evidence)
+    assert all(not e.verified for e in result.evidence)
+
+
+def test_unclear_verifier_reply_never_marks_verified():
+    result, _, _, _ = _run([call("finish", answer="At 5 s.", evidence=[{"moment": 3}])],
+                           verdicts=["Hmm, hard to say."])
+    [ev] = result.evidence  # a tool returned it, so it may stay, but not as verified
+    assert ev.moment_id == 3 and ev.verified is False
+
+
+def test_malformed_calls_get_an_error_observation_and_the_loop_recovers():
+    turns = [
+        "<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": \"dagger\"</tool_call>",  # broken JSON
+        "<tool_call>{\"name\": \"teleport\", \"arguments\": {}}</tool_call>",  # unknown tool
+        "<tool_call>{\"name\": \"inspect\", \"arguments\": {\"start\": 1}}</tool_call>",  # missing arguments
+        "<tool_call>{\"name\": \"transcript\", \"arguments\": {\"video\": 2, \"start\": \"soon\", \"end\": 9}}"
+        "</tool_call>",  # a time that is not a time
+        "I think the answer is near the start.",  # no call at all
+        "```json\n{'name': 'transcript', 'arguments': {'video': 'talk.mp4', 'start': '0:00:04', 'end': 9,}}\n```",
+        call("finish", answer="At 5 s.", evidence=["m3"]),
+    ]
+    result, model, _, steps = _run(turns, verdicts=["YES"], max_steps=10)
+    errors = [s for s in steps if s.kind == "error"]
+    assert len(errors) == 5, [(s.title, s.observation) for s in steps]
+    assert "not valid JSON" in errors[0].observation
+    assert "no tool 'teleport'" in errors[1].observation
+    assert "needs video, end" in errors[2].observation
+    assert "'soon' is not a time" in errors[3].observation
+    assert "no tool call" in errors[4].observation.lower()
+    # each error went back to the model as the next observation
+    turn_calls = [c for c in model.calls if c["kind"] == "turn"]
+    assert "not valid JSON" in turn_calls[1]["messages"][-1]["content"]
+    # the repaired single-quoted, trailing-comma fenced call ran, with the file name and clock time understood
+    ran = [s for s in steps if s.tool == "transcript" and s.kind == "tool"]
+    assert ran and "I sleep with a dagger" in ran[0].observation
+    assert result.evidence[0].moment_id == 3 and result.evidence[0].verified
+
+
+def test_cross_video_answer_cites_the_video_it_names():
+    # both videos mention a red van; the model cites video 2's on-screen text by video and time
+    turns = [call("search", query="red van"),
+             call("finish", answer="The sign RED VAN RENTALS in talk.mp4.",
+                  evidence=[{"video": 2, "start": 21, "end": 22}])]
+    result, _, _, _ = _run(turns, verdicts=["YES"])
+    [ev] = result.evidence
+    assert (ev.video_id, ev.video, ev.moment_id, ev.modality) == (2, "/media/talk.mp4", 4, "text")
+    assert (ev.start, ev.end) == (20.0, 24.0)  # the moment's own times, not the model's
+
+
+def test_a_moment_id_that_contradicts_its_video_is_not_trusted():
+    # m1 is video 1's red van line; the model pairs it with video 2 and a time where video 2 has nothing
+    turns = [call("search", query="red van"),
+             call("finish", answer="Red van.", evidence=[{"moment": 1, "video": 2, "start": 10, "end": 14}])]
+    result, model, _, steps = _run(turns, verdicts=["NO"])
+    # not shown as video 1's moment, nor as an unverified video 2 window: the window was checked on video 2
+    assert model.verify_calls()[0]["clips"][0].video_id == 2
+    assert not [e for e in result.evidence if e.moment_id == 1 or (e.video_id == 2 and e.start == 10.0)]
+    assert any("video 2 10.0-14.0 s (no tool returned it" in s.observation for s in steps)
+
+
+def test_scoped_question_searches_and_cites_only_that_video():
+    turns = [call("search", query="red van"),
+             call("inspect", video=1, start=10, end=14),
+             call("finish", answer="x", evidence=[{"moment": 1}, {"moment": 4}])]
+    result, _, backend, steps = _run(turns, verdicts=["YES", "YES"], video_id=2)
+    assert all(scope == [2] for _q, scope in backend.searches)
+    assert any(s.kind == "error" and "video 2 only" in s.observation for s in steps)
+    assert [e.video_id for e in result.evidence] == [2]
+
+
+def test_step_budget_is_respected_and_the_answer_is_forced():
+    turns = [call("search", query=f"word{i}") for i in range(20)]
+    result, model, _, steps = _run(turns, max_steps=4)
+    tool_steps = [s for s in steps if s.kind in ("tool", "error") and s.tool != "verify"]
+    assert len(tool_steps) == 4  # the first observation + 3 model calls
+    assert any(s.title == "budget spent" for s in steps)
+    forced = [c for c in model.calls if c["kind"] == "turn"][-1]
+    assert "budget of tool calls is spent" in forced["messages"][-1]["content"]
+    assert result.mode == "agent" and result.answer
+
+
+def test_forced_finish_uses_the_finish_call_the_model_then_makes():
+    turns = [call("search", query="a"), call("search", query="b"),
+             call("finish", answer="Forced: at 5 s.", evidence=[{"moment": 3}])]
+    result, _, _, steps = _run(turns, verdicts=["YES"], max_steps=3)
+    assert result.answer == "Forced: at 5 s."
+    assert [e.moment_id for e in result.evidence] == [3] and result.evidence[0].verified
+
+
+def test_context_token_budget_elides_old_results_then_forces_the_answer():
+    turns = [call("transcript", video=2, start=0, end=30 - i) for i in range(10)]
+    result, model, _, steps = _run(turns, budget=Budget(max_steps=20, max_context_tokens=1000))
+    assert any(s.title == "context budget spent" for s in steps), [s.title for s in steps]
+    turn_calls = [c for c in model.calls if c["kind"] == "turn"]
+    sizes = [sum(len(m["content"]) // 4 + 1 for m in c["messages"]) for c in turn_calls]
+    assert max(sizes[:-1]) <= 1000, sizes  # every turn fit the budget (the forced-answer turn adds the nudge)
+    assert len(turn_calls) > 4  # old results were elided so the loop could go on past what fits unelided
+    assert any("elided" in m["content"] for m in turn_calls[-1]["messages"])
+    assert "ran out of steps" in result.answer  # the model never called finish
+
+
+def test_repeated_call_is_answered_from_memory_not_rerun():
+    turns = [call("search", query="dagger"), call("search", query="dagger"),
+             call("finish", answer="5 s", evidence=[{"moment": 3}])]
+    _result, _, backend, steps = _run(turns, verdicts=["YES"])
+    assert sum(1 for q, _ in backend.searches if q == "dagger") == 1
+    assert any("already made this call" in s.observation for s in steps)
+
+
+def test_inspect_shows_frames_of_the_window_to_the_next_turn_at_two_fps_or_more():
+    turns = [call("inspect", video=1, start=10, end=60, fps=0.5), call("search", query="red van"),
+             call("finish", answer="x", evidence=[{"moment": 1}])]
+    _result, model, _, steps = _run(turns, verdicts=["YES"])
+    turn_calls = [c for c in model.calls if c["kind"] == "turn"]
+    [clip] = turn_calls[1]["clips"]  # shown with the observation that follows the inspect call
+    assert clip.video_id == 1 and clip.timestamps[0] == pytest.approx(10.0)
+    assert clip.timestamps[1] - clip.timestamps[0] == pytest.approx(0.5)  # fps raised to 2
+    assert clip.timestamps[-1] <= 10.0 + 16.0  # shortened to the frame cap, and it says so
+    assert "shortened" in steps[1].observation
+    assert turn_calls[2]["clips"] == []  # frames are shown once, then only the model's notes remain
+
+
+def test_memory_of_checked_things_travels_with_each_observation():
+    turns = [call("search", query="dagger"), call("transcript", video=2, start=0, end=10),
+             call("finish", answer="x", evidence=[{"moment": 3}])]
+    _result, model, _, _ = _run(turns, verdicts=["YES"])
+    last = [c for c in model.calls if c["kind"] == "turn"][-1]["messages"][-1]["content"]
+    assert "Already checked:" in last and 'search "dagger"' in last and "transcript video 2 0.0-10.0 s" in last
+
+
+def test_thinking_and_free_text_answers_are_cleaned():
+    turns = ["<think>I should search.</think>Maybe " + call("search", query="dagger"),
+             "<think>done</think><tool_call>{\"name\": \"finish\", \"arguments\": "
+             "\"{\\\"answer\\\": \\\"At 5 s.\\\", \\\"evidence\\\": [{\\\"moment\\\": 3}]}\"}</tool_call>"]
+    result, _, _, steps = _run(turns, verdicts=["YES"])
+    assert result.answer == "At 5 s." and result.evidence[0].moment_id == 3
+    assert "I should search." in steps[1].reasoning
+
+
+def test_empty_long_and_unknown_scope_questions_are_clear_errors():
+    backend = two_video_backend()
+    model = ScriptedChat([])
+    with pytest.raises(SightlineError, match="empty"):
+        answer("   ", backend, model)
+    with pytest.raises(SightlineError, match="characters long"):
+        answer("why " * 1000, backend, model)
+    with pytest.raises(SightlineError, match="No video"):
+        answer("what?", backend, model, video_id=9)
+
+
+def test_to_dict_is_the_design_ask_shape():
+    result, _, _, _ = _run([call("finish", answer="At 5 s.", evidence=[{"moment": 3}])], verdicts=["YES"])
+    d = result.to_dict()
+    assert set(d) == {"answer", "evidence", "mode"} and d["mode"] == "agent"
+    for e in d["evidence"]:
+        assert {"video_id", "video", "start", "end", "modality", "text", "score", "verified"} <= set(e)
