@@ -1,0 +1,186 @@
+"""On-screen text: RapidOCR (PP-OCRv6 models inside the rapidocr wheel) and merging per-frame reads into runs.
+
+`load_ocr()` gives an `OcrReader`; `.read(rgb)` returns (text, confidence) lines above a confidence floor.
+Frames are downscaled to `max_side` pixels first: detection cost grows with the pixel count, and video
+captions and cards stay readable well below 1080p (figures in tests/test_models_ocr.py).
+`merge_text_runs` turns "text seen at these sample times" into one run per text while it stays on screen,
+tolerating OCR jitter between frames ("THANKS FOR WATCHING" vs "THANKS FOR WATCHNG").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from typing import Any
+
+import numpy as np
+
+from storage.errors import SightlineError
+
+DEFAULT_MAX_SIDE = 960
+DEFAULT_MIN_CONFIDENCE = 0.6
+SIMILAR = 0.8  # SequenceMatcher ratio above which two normalised reads are the same text
+
+_engines: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TextRun:
+    start: float  # first sample time the text was seen
+    end: float  # last sample time seen + step (the caller caps it at the video's duration)
+    text: str
+
+
+@dataclass
+class OcrReader:
+    """A loaded RapidOCR engine; `read(rgb)` -> [(text, confidence)] in reading order."""
+
+    engine: Any = field(repr=False)
+    max_side: int | None = DEFAULT_MAX_SIDE
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+
+    def read(self, image: np.ndarray) -> list[tuple[str, float]]:
+        import cv2
+
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"OcrReader.read wants an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        if self.max_side and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        bgr = np.ascontiguousarray(image[:, :, ::-1])  # RapidOCR treats arrays as OpenCV BGR
+        result = self.engine(bgr)
+        if not result.txts:
+            return []
+        out = []
+        for text, score in zip(result.txts, result.scores):
+            text = " ".join(text.split())
+            # Lone characters ("0", "J") are mostly detector noise on textures and edges.
+            if score >= self.min_confidence and sum(ch.isalnum() for ch in text) >= 2:
+                out.append((text, float(score)))
+        return out
+
+
+def load_ocr(
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    threads: int = 1,
+    use_cls: bool = False,
+) -> OcrReader:
+    """RapidOCR with the wheel's models, quiet logs, `threads` ONNX threads; the engine is cached per process.
+
+    use_cls (the 180-degree text classifier) is off by default: upside-down text is rare in video and it costs time.
+    """
+    key = (max_side, threads, use_cls)
+    with _lock:
+        if key not in _engines:
+            _engines[key] = _load_engine(max_side, threads, use_cls)
+        engine = _engines[key]
+    return OcrReader(engine=engine, max_side=max_side, min_confidence=min_confidence)
+
+
+def _load_engine(max_side: int | None, threads: int, use_cls: bool):
+    try:
+        from rapidocr import RapidOCR
+    except ImportError as err:
+        raise SightlineError(
+            "On-screen text reading needs rapidocr.", hint="Install it with `pip install rapidocr onnxruntime`."
+        ) from err
+    params: dict[str, Any] = {
+        "Global.log_level": "error",
+        "Global.use_cls": use_cls,
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+    }
+    if max_side:
+        # RapidOCR's default ("min" 736) scales a small side UP to 736 px; cap the long side instead so the
+        # detector runs at the size we chose.
+        params["Det.limit_type"] = "max"
+        params["Det.limit_side_len"] = max_side
+    try:
+        engine = RapidOCR(params=params)
+    except Exception as err:  # noqa: BLE001 - missing model files, broken onnxruntime
+        raise SightlineError(
+            f"The OCR engine could not start: {err}",
+            hint="Reinstall it with `pip install --force-reinstall rapidocr==3.10.0` (its models ship in the wheel).",
+        ) from err
+    logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+    return engine
+
+
+# --- merging reads across frames -------------------------------------------------------------------------------
+
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def normalise_text(text: str) -> str:
+    """Case, punctuation and spacing folded away: the key two reads of one caption share."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def same_text(a: str, b: str) -> bool:
+    """True when two normalised reads are one text up to OCR jitter."""
+    if a == b:
+        return True
+    return bool(a and b) and SequenceMatcher(None, a, b, autojunk=False).ratio() >= SIMILAR
+
+
+@dataclass
+class _Run:
+    key: str
+    start: float
+    last: float
+    variants: dict[str, int] = field(default_factory=dict)
+
+    def text(self) -> str:
+        # The read seen most often; on ties the longest (OCR jitter tends to drop characters).
+        return max(self.variants.items(), key=lambda kv: (kv[1], len(kv[0])))[0]
+
+
+def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) -> list[TextRun]:
+    """One run per text that appears in consecutive samples; a sample without it ends the run.
+
+    observations: (sample time, texts read then) for every sample taken, including ones that read nothing;
+    step: the sampling interval, added to the last time seen to give the run's end.
+    """
+    open_runs: list[_Run] = []
+    done: list[_Run] = []
+    for time, texts in sorted(observations, key=lambda o: o[0]):
+        still_open: list[_Run] = []
+        for raw in texts:
+            raw = " ".join(str(raw).split())
+            key = normalise_text(raw)
+            if not key:
+                continue
+            # Already counted at this sample (the same text twice on screen): one run.
+            twin = next((r for r in still_open if same_text(r.key, key)), None)
+            if twin is not None:
+                twin.variants[raw] = twin.variants.get(raw, 0) + 1
+                continue
+            match = _best_match(open_runs, key)
+            if match is None:
+                match = _Run(key=key, start=time, last=time)
+            else:
+                open_runs.remove(match)
+            match.last = time
+            match.variants[raw] = match.variants.get(raw, 0) + 1
+            still_open.append(match)
+        done.extend(open_runs)  # not seen at this sample: the text left the screen
+        open_runs = still_open
+    done.extend(open_runs)
+    done.sort(key=lambda r: (r.start, r.last))
+    return [TextRun(start=r.start, end=r.last + step, text=r.text()) for r in done]
+
+
+def _best_match(runs: list[_Run], key: str) -> _Run | None:
+    best, best_ratio = None, 0.0
+    for run in runs:
+        ratio = 1.0 if run.key == key else SequenceMatcher(None, run.key, key, autojunk=False).ratio()
+        if ratio >= SIMILAR and ratio > best_ratio:
+            best, best_ratio = run, ratio
+    return best
