@@ -1,0 +1,142 @@
+"""What the web UI shows about a library: videos and their state, indexing progress with ETA, removal.
+
+Reads go through the library's read sessions and the ORM models; the one write (remove) goes through
+`Library.write`. The UI polls `progress()` with a gr.Timer, so every function here is cheap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from storage.errors import SightlineError
+from storage.models import FAILED, INDEXED, INDEXING, Embedding, Job, Moment, StageRun, Video
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".3gp")
+
+
+@dataclass
+class VideoRow:
+    id: int
+    path: str
+    status: str
+    duration: float | None
+    moments: int
+    error: str | None
+    notes: str | None
+    stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, status) in the order they finished
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass
+class Progress:
+    """The latest index job, as the job and stage tables describe it."""
+
+    running: bool
+    files_total: int = 0
+    files_done: int = 0
+    media_total: float = 0.0
+    media_done: float = 0.0
+    elapsed: float = 0.0
+    status: str = "idle"
+
+    @property
+    def fraction(self) -> float:
+        if self.media_total > 0:
+            return min(1.0, self.media_done / self.media_total)
+        return self.files_done / self.files_total if self.files_total else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining media seconds at the speed measured so far; None until there is a speed."""
+        if not self.running or self.media_done <= 0 or self.elapsed <= 0:
+            return None
+        speed = self.media_done / self.elapsed  # media seconds per wall second
+        return max(0.0, (self.media_total - self.media_done) / speed)
+
+
+def videos(library) -> list[VideoRow]:
+    """Every video with its state, error, moment count and finished stages."""
+    with library.read() as s:
+        counts = dict(s.execute(select(Moment.video_id, func.count(Moment.id)).group_by(Moment.video_id)).all())
+        stages: dict[int, list[tuple[str, str]]] = {}
+        for run in s.scalars(select(StageRun).order_by(StageRun.finished_at)).all():
+            stages.setdefault(run.video_id, []).append((run.stage, run.status))
+        return [VideoRow(v.id, v.path, v.status, v.duration, int(counts.get(v.id, 0)), v.error, v.notes,
+                         stages.get(v.id, []))
+                for v in s.scalars(select(Video).order_by(Video.id)).all()]
+
+
+def progress(library, now: float | None = None) -> Progress:
+    """The most recent index job: how far it is and how long is left."""
+    now = time.time() if now is None else now
+    with library.read() as s:
+        job = s.scalars(select(Job).order_by(Job.id.desc()).limit(1)).first()
+        if job is None:
+            return Progress(running=False)
+        end = job.finished_at or now
+        return Progress(running=job.status == "running", files_total=job.files_total, files_done=job.files_done,
+                        media_total=job.media_seconds_total, media_done=job.media_seconds_done,
+                        elapsed=max(0.0, end - job.created_at), status=job.status)
+
+
+def counts(rows: list[VideoRow]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
+
+
+def video_path(library, ref: str | int) -> Path:
+    """The file of a library video, given its id; anything else (a path, '../..') is refused."""
+    text = str(ref if ref is not None else "").strip()
+    if not text:
+        raise SightlineError("No video was given.", hint="Pick a video of the library.")
+    with library.read() as s:
+        video = s.get(Video, int(text)) if text.isdigit() and len(text) < 12 else None
+    if video is None:
+        raise SightlineError(f"{text!r} is not a video of this library.",
+                             hint="Only videos listed in the Library tab can be opened.")
+    path = Path(video.path)
+    if not path.is_file():
+        raise SightlineError(f"{path.name} is no longer on disk at {path}.",
+                             hint="Put the file back, or remove the video from the library.")
+    return path
+
+
+def remove(library, video_id: int) -> str:
+    """Delete a video's rows, vectors and thumbnails (the video file itself is left alone); return its path."""
+    with library.read() as s:
+        video = s.get(Video, int(video_id))
+        if video is None:
+            raise SightlineError(f"No video {video_id} in this library.", hint="Refresh the Library tab.")
+        path = video.path
+        by_space: dict[str, list[int]] = {}
+        for space, mid in s.execute(select(Embedding.space, Embedding.moment_id).join(Moment)
+                                    .where(Moment.video_id == video.id)).all():
+            by_space.setdefault(space, []).append(mid)
+
+    def _delete(session):
+        row = session.get(Video, int(video_id))
+        if row is not None:
+            session.delete(row)
+
+    library.write(_delete)
+    for space, ids in by_space.items():
+        library.vectors(space).remove(ids)
+    shutil.rmtree(library.folder / "thumbnails" / f"{int(video_id):06d}", ignore_errors=True)
+    return path
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+STATUS_ORDER = (INDEXING, "pending", INDEXED, FAILED, "missing")

