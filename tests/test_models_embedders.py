@@ -1,0 +1,153 @@
+"""Text and visual embedders: the real packaged MiniLM, a tiny random SigLIP through the real loading path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from storage.errors import SightlineError
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from indexer.embedders import load_text_embedder
+
+    return load_text_embedder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory):
+    from indexer.embedders import build_tiny_siglip, load_visual_embedder
+
+    path = build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+    return load_visual_embedder(path)
+
+
+def test_importing_the_model_modules_loads_no_heavy_library():
+    code = (
+        "import sys, indexer.embedders, indexer.speech, indexer.ocr;"
+        "print([m for m in ('torch', 'transformers', 'faster_whisper', 'rapidocr', 'cv2', 'sentence_transformers')"
+        " if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+@pytest.mark.slow
+def test_minilm_shape_dtype_and_unit_rows(minilm):
+    vectors = minilm(["a man rides a bicycle", "the market fell today", ""])
+    assert minilm.model_name == "all-MiniLM-L6-v2"
+    assert minilm.dim == 384
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert minilm([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_minilm_related_pair_scores_above_unrelated_pair(minilm):
+    a, b, c = minilm(["A man is riding a bicycle down the street.", "Someone cycles along the road.",
+                      "The central bank raised interest rates."])
+    related, unrelated = float(a @ b), float(a @ c)
+    assert related > unrelated + 0.2, f"related {related:.3f} vs unrelated {unrelated:.3f}"
+
+
+@pytest.mark.slow
+def test_minilm_paraphrase_query_ranks_the_right_sentence_first(minilm):
+    sentences = [
+        "I sleep with a dagger.",
+        "Thanks for watching, see you next time.",
+        "The earth rotates slowly at night.",
+        "If you're good at something, never do it for free.",
+        "Traffic is heavy on the street with bikes and a taxi.",
+    ]
+    queries = {
+        "I keep a knife in my bed": 0,
+        "goodbye and thank you for viewing": 1,
+        "our planet spinning in the dark": 2,
+        "don't work without getting paid for your talent": 3,
+        "cars and bicycles in the road": 4,
+    }
+    corpus = minilm(sentences)
+    ranked = {q: int(np.argmax(corpus @ v)) for q, v in zip(queries, minilm(list(queries)))}
+    assert ranked == queries
+
+
+@pytest.mark.slow
+def test_text_embedder_is_loaded_once_per_process(minilm):
+    from indexer.embedders import load_text_embedder
+
+    assert load_text_embedder("all-MiniLM-L6-v2") is minilm
+    assert load_text_embedder("sentence-transformers/all-MiniLM-L6-v2").dim == 384
+
+
+def test_text_model_that_is_not_offline_says_how_to_get_it():
+    from indexer.embedders import load_text_embedder
+
+    with pytest.raises(SightlineError) as err:
+        load_text_embedder("sentence-transformers/no-such-model-for-sightline-tests")
+    text = err.value.user_text()
+    assert "not available offline" in text
+    assert "huggingface-cli download sentence-transformers/no-such-model-for-sightline-tests" in text
+    assert "SIGHTLINE_TEXT_MODEL" in text
+
+
+def test_text_model_folder_that_does_not_exist_is_named(tmp_path):
+    from indexer.embedders import load_text_embedder
+
+    with pytest.raises(SightlineError, match="does not exist") as err:
+        load_text_embedder(str(tmp_path / "missing-model"))
+    assert "SIGHTLINE_TEXT_MODEL" in err.value.user_text()
+
+
+@pytest.mark.slow
+def test_tiny_siglip_loads_through_the_real_path_and_embeds(tiny_siglip):
+    from transformers import SiglipModel
+
+    assert isinstance(tiny_siglip.model, SiglipModel)
+    assert tiny_siglip.dim == 32
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8), np.zeros((90, 160, 3), np.uint8),
+              np.full((50, 40, 3), 255, np.uint8)]
+    img = tiny_siglip.embed_images(images)
+    txt = tiny_siglip.embed_texts(["a photo of a cat", "thanks for watching " * 20])  # the second is truncated
+    assert img.shape == (3, 32) and txt.shape == (2, 32)
+    assert img.dtype == np.float32 and txt.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-5)
+    scores = img @ txt.T
+    assert np.isfinite(scores).all()
+    assert not np.allclose(img[0], img[1]), "different images must not embed identically"
+    np.testing.assert_allclose(tiny_siglip.embed_images(images[:1]), img[:1], atol=1e-5)  # batch-independent
+    assert tiny_siglip.embed_images([]).shape == (0, 32)
+
+
+def test_visual_hub_id_offline_says_how_to_get_it():
+    from indexer.embedders import load_visual_embedder
+
+    with pytest.raises(SightlineError) as err:
+        load_visual_embedder("google/siglip-base-patch16-224-not-cached-here")
+    text = err.value.user_text()
+    assert "not available offline" in text and "huggingface-cli download" in text
+    assert "SIGHTLINE_VISUAL_MODEL" in text
+
+
+@pytest.mark.slow
+def test_visual_loader_refuses_a_model_that_is_not_clip_or_siglip():
+    from indexer.embedders import load_visual_embedder, packaged_minilm_path
+
+    with pytest.raises(SightlineError, match="not CLIP or SigLIP"):
+        load_visual_embedder(str(packaged_minilm_path()))
+
+
+def test_visual_loader_names_a_folder_without_a_model(tmp_path):
+    from indexer.embedders import load_visual_embedder
+
+    with pytest.raises(SightlineError, match="no usable config"):
+        load_visual_embedder(str(tmp_path))
+    with pytest.raises(SightlineError, match="does not exist"):
+        load_visual_embedder(str(tmp_path / "nope"))
+    with pytest.raises(SightlineError, match="No visual model"):
+        load_visual_embedder("")
