@@ -36,3 +36,31 @@ class Services:
 
         video_ids = [self.library.video_by_ref(video).id] if video else None
         return search(self.library, query, self.text_embedder, k=k, modalities=modalities, video_ids=video_ids)
+
+    # --- the answering agent --------------------------------------------------------------------------------
+
+    def vlm(self):
+        """(VideoChat, "") or (None, why no model is loaded), per settings; loaded once, on the first question."""
+        lock = self.__dict__.setdefault("_vlm_lock", threading.Lock())
+        with lock:
+            if "_vlm" not in self.__dict__:
+                from engine.loading import load_vlm_or_reason
+
+                self._vlm = load_vlm_or_reason(self.settings)
+            return self._vlm
+
+    def agent_tools(self):
+        """The agent's tools over this library (the agent never opens the database itself)."""
+        from engine.agent.library_tools import LibraryTools
+
+        return LibraryTools(self.library, self.text_embedder)
+
+    def ask(self, question: str, video: str | int | None = None, on_step=None):
+        """Answer a question over the library or one video; evidence-only (with the reason) when no model loads."""
+        from engine.agent import answer, check_question
+
+        question = check_question(question)  # a bad question fails before any model loads
+        video_id = self.library.video_by_ref(video).id if video not in (None, "") else None
+        chat, reason = self.vlm()
+        return answer(question, self.agent_tools(), chat, video_id=video_id, on_step=on_step,
+                      max_steps=self.settings.agent_steps, no_model_reason=reason)

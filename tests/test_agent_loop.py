@@ -14,6 +14,7 @@ def _run(turns, verdicts=(), video_id=None, **kw):
     model = ScriptedChat(list(turns), list(verdicts))
     steps = []
     result = answer("when do they say dagger", backend, model, video_id=video_id, on_step=steps.append, **kw)
+    assert result.mode == "agent", result.answer  # a crash inside the loop would show as evidence-only
     return result, model, backend, steps
 
 

@@ -53,7 +53,7 @@ def best_moments(question: str, tools: ToolBackend, video_id: int | None, k: int
 
 
 def evidence_only(question: str, tools: ToolBackend, video_id: int | None, reason: str,
-                  on_step: Callable[[Step], None] | None = None):
+                  on_step: Callable[[Step], None] | None = None, loaded: bool = False):
     """The evidence-only answer: moments with their text, and a plain sentence on loading a model."""
     from engine.agent.loop import AgentResult
 
@@ -72,14 +72,17 @@ def evidence_only(question: str, tools: ToolBackend, video_id: int | None, reaso
     if on_step:
         on_step(step)
     why = f" ({reason.rstrip('.')})" if reason else ""
-    head = f"No answering model is loaded{why}, so this is an evidence-only answer."
+    if loaded:
+        head = f"The answering model could not answer{why}, so this is an evidence-only answer."
+    else:
+        head = f"No answering model is loaded{why}, so this is an evidence-only answer."
     if evidence:
         listed = "; ".join(f"{Path(e.video).name} at {format_time(e.start)} ({e.modality}): \"{_short(e.text)}\""
                            for e in evidence[:3])
         body = f"The moments that best match the question, best first: {listed}."
     else:
         body = "No indexed moment matches the question."
-    text = f"{head} {body} {HOW_TO_LOAD}"
+    text = f"{head} {body}" if loaded else f"{head} {body} {HOW_TO_LOAD}"
     final = Step(2, "answer", "answer", observation=text)
     steps.append(final)
     if on_step:

@@ -7,6 +7,7 @@ opens the database. Frames come from engine/video_inputs.sample_clip (PTS timest
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -64,14 +65,8 @@ class LibraryTools:
         if sample is None:
             from engine.video_inputs import sample_clip as sample
         info = self.video(video_id)
-        try:
-            clip = sample(info.path, start, end, fps, max_frames=max_frames, max_pixels=self.max_pixels)
-        except FileNotFoundError:
+        if not Path(info.path).is_file():
             raise SightlineError(f"Video {video_id} ({info.path}) is no longer on disk.",
-                                 hint="Restore the file or re-index the library.") from None
-        if getattr(clip, "video_id", None) is None:
-            try:
-                clip.video_id = info.id
-            except AttributeError:
-                pass
-        return clip
+                                 hint="Restore the file or re-index the library.")
+        return sample(info.path, start, end, fps, max_frames=max_frames, max_pixels=self.max_pixels,
+                      video_id=info.id)

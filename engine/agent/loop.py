@@ -8,6 +8,7 @@ answer. Evidence is resolved by `resolve.py`; without a model, `evidence_only.py
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from engine.agent.parsing import parse_turn, strip_thinking
 from engine.agent.resolve import fallback_evidence, resolve_evidence
 from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, describe_tools
 from storage.errors import SightlineError
+
+log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 2000
 OUT_OF_STEPS = "I ran out of steps before I could answer; the closest moments I found are listed as evidence."
@@ -107,6 +110,19 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
     ctx = Context(question, tools, vlm, budget, video_id, on_step)
     if video_id is not None:
         ctx.video_id = ctx.video(video_id).id  # raises SightlineError for an unknown video
+    try:
+        return _loop(ctx)
+    except Exception as err:  # noqa: BLE001 - a model that fails mid-question still leaves the evidence
+        from engine.agent.evidence_only import evidence_only
+
+        log.exception("the agent loop failed")
+        why = err.user_text() if isinstance(err, SightlineError) else f"{type(err).__name__}: {err}"
+        return evidence_only(question, tools, ctx.video_id, f"the answering model failed on this question: {why}",
+                             on_step, loaded=True)
+
+
+def _loop(ctx: Context) -> AgentResult:
+    question, tools, budget = ctx.question, ctx.backend, ctx.budget
     system = prompts.SYSTEM.format(tools=describe_tools(DEFAULT_TOOLS))
     first = _observe_first(ctx)
     ctx.messages = [{"role": "system", "content": system},

@@ -85,8 +85,9 @@ def _check(ctx: Context, claim: str, video_id: int, start: float, end: float, le
     left[0] -= 1
     try:
         verdict, text = run_verify(ctx, claim, video_id, start, end)
-    except ToolError as err:
-        ctx.emit("error", f"verify: video {video_id} {start:.1f}-{end:.1f} s", "verify", observation=str(err))
+    except (ToolError, SightlineError) as err:
+        text = err.user_text() if isinstance(err, SightlineError) else str(err)
+        ctx.emit("error", f"verify: video {video_id} {start:.1f}-{end:.1f} s", "verify", observation=text)
         return None
     ctx.emit("tool", f"verify: video {video_id} {verdict.start:.1f}-{verdict.end:.1f} s", "verify",
              {"claim": claim, "video": video_id, "start": start, "end": end}, observation=text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import json
+import logging
 import re
 import types
 import typing
@@ -20,6 +21,8 @@ from engine.agent.evidence import MODALITIES, parse_seconds, snap
 from engine.agent.parsing import strip_thinking
 from engine.agent.prompts import VERIFY_SYSTEM, verify_prompt
 from storage.errors import SightlineError
+
+log = logging.getLogger(__name__)
 
 MIN_FPS, MAX_FPS = 2.0, 8.0  # inspect and verify look denser than the 1 fps index, never below 2 fps
 SEARCH_K = 8
@@ -279,6 +282,11 @@ def call_tool(ctx: Context, name: str, arguments: dict, tools=DEFAULT_TOOLS) -> 
         obs = fn(ctx, **converted)
     except ToolError as err:
         return Observation(f"Error in {name}: {err}", error=True)
+    except SightlineError as err:  # e.g. a video file that went missing: the model can try something else
+        return Observation(f"Error in {name}: {err.user_text()}", error=True)
+    except Exception as err:  # noqa: BLE001 - a failing tool must not end the question; the log has the trace
+        log.exception("agent tool %s failed", name)
+        return Observation(f"Error in {name}: the tool failed ({type(err).__name__}: {err}).", error=True)
     if unknown:
         obs.text += f"\n(Ignored unknown argument(s): {', '.join(unknown)}.)"
     return obs
