@@ -37,6 +37,59 @@ class Services:
         video_ids = [self.library.video_by_ref(video).id] if video else None
         return search(self.library, query, self.text_embedder, k=k, modalities=modalities, video_ids=video_ids)
 
+    # --- indexing (indexer-core) ---------------------------------------------------------------------------
+
+    def index_context(self, captions: bool | None = None):
+        """The indexer's context: options from settings and models as lazy callables (the indexer imports no app)."""
+        from indexer.context import IndexContext, IndexOptions, Lazy
+
+        st = self.settings
+        ctx = IndexContext(
+            self.library,
+            IndexOptions(sample_fps=st.sample_fps, ocr_interval=st.ocr_interval),
+            text_embedder=Lazy(lambda: self.text_embedder, st.text_model),
+            visual_embedder=Lazy(self._visual_embedder if st.visual_model else None, st.visual_model),
+            transcriber=Lazy(self._transcriber, st.whisper_model),
+            ocr=Lazy(self._ocr, "rapidocr"),
+        )
+        if captions if captions is not None else st.captions:
+            chat, reason = self.vlm()
+            if chat is None:
+                ctx.captions_note = f"captions off: {reason}"
+            else:
+                from engine.captioner import Captioner
+
+                ctx.captioner = Captioner(chat).caption_fn()
+        return ctx
+
+    def _visual_embedder(self):
+        from indexer.embedders import load_visual_embedder
+
+        return load_visual_embedder(self.settings.visual_model)
+
+    def _transcriber(self):
+        from indexer.speech import load_transcriber
+
+        return load_transcriber(self.settings.whisper_model, self.settings.whisper_language or None)
+
+    def _ocr(self):
+        from indexer.ocr import load_ocr
+
+        return load_ocr()
+
+    def index(self, paths, captions: bool | None = None, show_progress: bool = False, on_progress=None):
+        """Index files/folders (incremental, resumable); returns an IndexSummary (.describe(), .done, .failed)."""
+        from indexer.runner import index_paths
+
+        return index_paths(self.library, paths, self.index_context(captions), on_progress=on_progress,
+                           show_progress=show_progress)
+
+    def status(self) -> dict:
+        """The library at a glance: counts by status, moments, and every video with its error, notes and stages."""
+        from indexer.status import library_status
+
+        return library_status(self.library)
+
     # --- the answering agent --------------------------------------------------------------------------------
 
     def vlm(self):

@@ -1,0 +1,117 @@
+"""What stages receive and return: the per-run context (options + models handed in) and a stage's output.
+
+Models arrive as callables built by app/services.py, loaded on first use; the indexer never imports the engine
+or the app. A stage returns `StageOutput`; the runner commits its moments, their vectors and the stage's done
+mark in one write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.media import MediaInfo
+
+# (frames (T, H, W, 3) uint8, timestamps) -> caption; may also have .many([(frames, timestamps), ...]).
+# Built by app from the engine's Captioner (engine/captioner.py caption_fn()).
+CaptionFn = Callable[[np.ndarray, Sequence[float]], str]
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """The settings the indexer reads (a small frozen copy of app Settings, STYLE rule 8)."""
+
+    sample_fps: float = 1.0  # frames per second cached for keyframes, on-screen text and visual moments
+    ocr_interval: float = 2.0  # seconds between on-screen text checks inside a shot (keyframes always read)
+    sample_side: int = 960  # longer side of cached frames (OCR reads these)
+    visual_span: float = 10.0  # a shot longer than this gets one visual moment per span
+    thumb_side: int = 320
+    audio_chunk_s: float = 600.0
+
+
+@dataclass
+class MomentIn:
+    """A moment a stage found, before it has a row id."""
+
+    start: float
+    end: float
+    modality: str
+    text: str = ""
+    thumbnail: str | None = None  # relative to the library folder
+    visual_vector: np.ndarray | None = None  # image embedding ('visual' space), when a visual model is loaded
+
+
+@dataclass
+class StageOutput:
+    moments: list[MomentIn] = field(default_factory=list)
+    media_s: float = 0.0  # seconds of media the stage covered (for speed figures and the ETA)
+    message: str | None = None  # a note for `status` ("visual search off: ..."), kept in the video's notes
+    status: str = "done"  # done | skipped
+    video: dict = field(default_factory=dict)  # column updates for the Video row (probe)
+    detail: dict = field(default_factory=dict)  # figures for progress and logs ({"shots": 6})
+
+
+@dataclass
+class VideoJob:
+    """One video being indexed: its row id, file facts and where its frame cache lives."""
+
+    id: int
+    path: str
+    fingerprint: str
+    info: MediaInfo | None = None
+    frames_ready: threading.Event = field(default_factory=threading.Event)
+    frame_index: object = None  # indexer.frames.FrameIndex once scanned
+    frame_lock: threading.Lock = field(default_factory=threading.Lock)
+    on_time: Callable[[float], None] | None = None  # frame decode position (progress within a stage)
+    on_audio: Callable[[float], None] | None = None  # audio transcribed up to (progress within a stage)
+
+    def media(self) -> MediaInfo:
+        """Probe the file once (raises SightlineError when it cannot be indexed)."""
+        if self.info is None:
+            from indexer.media import probe
+
+            self.info = probe(self.path)
+        return self.info
+
+
+class Lazy:
+    """A model built on first use, once, under a lock; remembers a load failure (STYLE rule 15)."""
+
+    def __init__(self, build: Callable[[], object] | None, what: str):
+        self._build, self.what = build, what
+        self._value, self._error, self._lock = None, None, threading.Lock()
+
+    @property
+    def configured(self) -> bool:
+        return self._build is not None
+
+    def get(self):
+        with self._lock:
+            if self._value is None and self._error is None and self._build is not None:
+                try:
+                    self._value = self._build()
+                except Exception as err:  # noqa: BLE001 - remembered and reported by the stage that needed it
+                    self._error = err
+            if self._error is not None:
+                raise self._error
+            return self._value
+
+
+@dataclass
+class IndexContext:
+    library: object  # storage.Library
+    options: IndexOptions = field(default_factory=IndexOptions)
+    text_embedder: Lazy = field(default_factory=lambda: Lazy(None, "text embedder"))
+    visual_embedder: Lazy = field(default_factory=lambda: Lazy(None, "visual embedder"))
+    transcriber: Lazy = field(default_factory=lambda: Lazy(None, "speech model"))
+    ocr: Lazy = field(default_factory=lambda: Lazy(None, "OCR"))
+    captioner: CaptionFn | None = None
+    captions_note: str = "captions off: no captioning model handed in (use --captions with a loaded VLM)"
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.library.cache_dir)

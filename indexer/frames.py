@@ -1,0 +1,191 @@
+"""One decode pass per video: shot cuts (PySceneDetect on tiny frames) and sampled frames cached as JPEGs.
+
+Shots, visual moments, on-screen text and thumbnails all need frames; decoding a long video is the costliest
+thing the indexer does, so it happens once. The pass streams: a tiny copy of (nearly) every frame goes to the
+scene detector and is dropped, and a larger copy of a frame every 1/sample_fps seconds (and just after every
+cut, so each shot has a keyframe) is written to the library's cache folder. Stages read the samples back one
+at a time, so memory stays flat whatever the length. `index.json` is written last: a scan killed half-way is
+redone, never half-used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from indexer.media import MediaInfo, fit_size, scan_frames
+from storage.errors import SightlineError
+
+SHOT_SIDE = 128  # scene detection works on frames this small; cuts are large changes
+SHOT_STEP = 1 / 12.5  # seconds between frames the detector sees (every 2nd frame at 25 fps)
+SHOT_MIN_LEN = 0.6  # seconds; PySceneDetect's flash filter
+KEY_DELAY = 0.2  # a shot's keyframe is taken this long after its cut (skips transition frames)
+JPEG_QUALITY = 88
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # seconds from the start of the file (PTS)
+    file: str  # JPEG name inside the cache folder
+    key: bool  # first sample of a shot
+
+
+@dataclass
+class FrameIndex:
+    folder: Path
+    samples: list[Sample]
+    cuts: list[float]  # shot starts after 0.0, seconds
+    last_t: float  # time of the last decoded frame
+
+    def image(self, sample: Sample) -> np.ndarray:
+        """The sample's frame, RGB uint8."""
+        import cv2
+
+        bgr = cv2.imread(str(self.folder / sample.file), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SightlineError(f"Cached frame {sample.file} is unreadable.", hint="Index the video again.")
+        return bgr[:, :, ::-1]
+
+    def shots(self, duration: float) -> list[tuple[float, float]]:
+        bounds = [0.0, *[c for c in self.cuts if 0.0 < c < duration], duration]
+        return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def cache_folder(cache_dir: Path, video_id: int, fingerprint: str) -> Path:
+    tag = fingerprint.split(":")[-1][:10]
+    return Path(cache_dir) / "frames" / f"{video_id:06d}-{tag}"
+
+
+def load_index(folder: Path) -> FrameIndex | None:
+    meta = folder / "index.json"
+    if not meta.exists():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+        samples = [Sample(float(t), f, bool(k)) for t, f, k in data["samples"]]
+        if not all((folder / s.file).exists() for s in samples):
+            return None
+        return FrameIndex(folder, samples, [float(c) for c in data["cuts"]], float(data["last_t"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
+         on_time=None) -> FrameIndex:
+    """Decode the video once: detect cuts, cache samples. Returns the index (also saved to folder)."""
+    import cv2
+    from scenedetect.common import FrameTimecode, Timecode
+    from scenedetect.detectors import ContentDetector
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    small = fit_size(info.width, info.height, SHOT_SIDE)
+    big = fit_size(info.width, info.height, sample_side)
+    rate = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
+    detector = ContentDetector(min_scene_len=SHOT_MIN_LEN)
+    samples: list[Sample] = []
+    cuts: list[float] = []
+    step = 1.0 / sample_fps
+    next_sample, next_shot, last_t, key_pending = 0.0, 0.0, -1.0, True
+    for t, frame in scan_frames(info, small):
+        if t < last_t - 1e-6:
+            continue  # out-of-order or repeated PTS (broken files): keep time moving forward
+        last_t = t
+        if t + 1e-6 >= next_shot:
+            next_shot = t + SHOT_STEP
+            tiny = frame.to_ndarray(width=small[0], height=small[1], format="bgr24")
+            tc = FrameTimecode(Timecode(pts=frame.pts, time_base=Fraction(frame.time_base)), fps=rate)
+            for cut in detector.process_frame(tc, tiny):
+                cut_t = cut.seconds - info.start_time
+                if cut_t > 0.0:
+                    cuts.append(cut_t)
+                    next_sample = min(next_sample, cut_t + KEY_DELAY)
+                    key_pending = True
+        if t + 1e-6 >= next_sample:
+            image = frame.to_ndarray(width=big[0], height=big[1], format="bgr24")
+            name = f"{int(round(t * 1000)):010d}.jpg"
+            cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            samples.append(Sample(t, name, key_pending))
+            key_pending = False
+            next_sample = t + step
+            if on_time is not None:
+                on_time(t)
+    if not samples:
+        raise SightlineError(f"{Path(info.path).name}: no frame could be decoded; the file is damaged or truncated.",
+                             hint="Re-encode it with ffmpeg or remove it.")
+    missing = info.duration - last_t
+    if missing > max(2.0, 0.1 * info.duration):
+        raise SightlineError(
+            f"{Path(info.path).name}: the video stops at {last_t:.1f} s of {info.duration:.1f} s; "
+            "the file is truncated or damaged.",
+            hint="Copy the file again, or re-encode what is left (ffmpeg -i IN -c copy OUT.mp4).")
+    index = FrameIndex(folder, samples, cuts, last_t)
+    meta = {"samples": [[s.t, s.file, s.key] for s in samples], "cuts": cuts, "last_t": last_t}
+    tmp = folder / "index.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(folder / "index.json")
+    return index
+
+
+def ensure_frames(video, ctx) -> FrameIndex:
+    """The video's frame index: from the cache when a finished scan is there, else scanned now (once)."""
+    with video.frame_lock:
+        if video.frame_index is None:
+            folder = cache_folder(ctx.cache_dir, video.id, video.fingerprint)
+            index = load_index(folder)
+            if index is None:
+                o = ctx.options
+                index = scan(video.media(), folder, o.sample_fps, o.sample_side, on_time=video.on_time)
+            video.frame_index = index
+            video.frames_ready.set()
+        return video.frame_index
+
+
+def drop_frames(video, ctx) -> None:
+    """Remove the cached samples once every frame stage of the video is done."""
+    shutil.rmtree(cache_folder(ctx.cache_dir, video.id, video.fingerprint), ignore_errors=True)
+
+
+def nearest_sample(index: FrameIndex, t: float) -> Sample:
+    return min(index.samples, key=lambda s: abs(s.t - t))
+
+
+def small_gray(image: np.ndarray, size: tuple[int, int] = (64, 36)) -> np.ndarray:
+    """A tiny grayscale copy for cheap change detection."""
+    import cv2
+
+    return cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
+def frames_in(index: FrameIndex, start: float, end: float) -> Iterator[Sample]:
+    for s in index.samples:
+        if start - 1e-6 <= s.t < end:
+            yield s
+
+
+def spans(index: FrameIndex, duration: float, max_span: float) -> list[tuple[float, float]]:
+    """Shots, with shots longer than max_span cut into equal parts of at most max_span seconds."""
+    import math
+
+    out = []
+    for a, b in index.shots(duration):
+        parts = max(1, math.ceil((b - a) / max_span - 1e-9))
+        edges = [a + (b - a) * i / parts for i in range(parts + 1)]
+        out.extend(zip(edges, edges[1:]))
+    return out
+
+
+def samples_by_preference(index: FrameIndex, start: float, end: float) -> list[Sample]:
+    """Samples inside [start, end), the one nearest the middle first (a thumbnail's candidates)."""
+    mid = (start + end) / 2
+    inside = [s for s in index.samples if start - 1e-6 <= s.t < end]
+    if not inside:
+        inside = [nearest_sample(index, mid)]
+    return sorted(inside, key=lambda s: abs(s.t - mid))

@@ -1,0 +1,374 @@
+"""Media access: probe, fingerprint, streaming frame decode and audio extraction.
+
+Probe goes through ffprobe (ffmpeg-python) and falls back to PyAV's container metadata where no ffprobe is
+installed. Frames are decoded one at a time (decord, PyAV as fallback) and never held as a whole video; times
+are the stream's own PTS in seconds from the start of the file (the container's start time subtracted).
+Audio comes out as 16 kHz mono float32 in chunks, so an hour of sound is never one array unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from storage.errors import SightlineError
+
+SAMPLE_RATE = 16_000  # Whisper's rate; every audio consumer gets this
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split())
+
+_HINT_REENCODE = "Re-encode it with ffmpeg (ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4) or remove it from the folder."
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What probing a file tells: enough to plan decoding and to show the user."""
+
+    path: str
+    duration: float  # seconds
+    fps: float
+    width: int
+    height: int
+    video_codec: str
+    has_audio: bool
+    start_time: float  # container start PTS in seconds; subtracted from every frame and audio time
+    audio_start: float  # first audio sample's time from the start of the file (0.0 when the audio starts with it)
+    size: int  # bytes
+
+
+@dataclass
+class Frame:
+    """One decoded frame: `t` seconds from the start of the file (from PTS), `image` RGB uint8 (H, W, 3)."""
+
+    t: float
+    image: np.ndarray
+
+
+# --- probe ------------------------------------------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> int:
+    if not path.exists():
+        raise SightlineError(f"{path}: no such file.", hint="Check the path; it may have been moved or deleted.")
+    if not path.is_file():
+        raise SightlineError(f"{path}: not a regular file.")
+    size = path.stat().st_size
+    if size == 0:
+        raise SightlineError(f"{path.name}: the file is empty (0 bytes).",
+                             hint="The copy or download probably failed; copy the file again.")
+    return size
+
+
+def _explain_probe_failure(path: Path, detail: str) -> SightlineError:
+    """Turn ffprobe/PyAV's complaint into a sentence a user can act on."""
+    low = detail.lower()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = b""
+    if head[4:8] == b"ftyp" and "invalid data" in low:
+        detail = f"an MP4/MOV container without its index: {detail.strip()}"
+        low = "truncat"
+    if "moov atom not found" in low or "end of file" in low or "truncat" in low or "partial file" in low:
+        return SightlineError(f"{path.name}: the file is truncated or incomplete ({detail.strip()}).",
+                              hint="The copy or recording did not finish; copy it again or re-encode what is left.")
+    if "invalid data" in low or "could not find codec parameters" in low or "unknown format" in low:
+        return SightlineError(f"{path.name}: not a video file that ffmpeg can read ({detail.strip()}).",
+                              hint="Check that it really is a video; " + _HINT_REENCODE)
+    return SightlineError(f"{path.name}: cannot read the file ({detail.strip() or 'unknown error'}).",
+                          hint=_HINT_REENCODE)
+
+
+def _decoder_available(codec: str) -> bool:
+    import av
+
+    try:
+        av.codec.Codec(codec, "r")
+        return True
+    except Exception:  # noqa: BLE001 - PyAV raises several types for unknown codecs
+        return False
+
+
+def _float(value, default: float = 0.0) -> float:
+    try:
+        out = float(value)
+        return out if np.isfinite(out) else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _rate(text: str | None) -> float:
+    try:
+        value = float(Fraction(text)) if text and text != "0/0" else 0.0
+    except (ValueError, ZeroDivisionError):
+        value = 0.0
+    return value
+
+
+def _probe_ffprobe(path: Path) -> dict:
+    import ffmpeg
+
+    try:
+        return ffmpeg.probe(str(path))
+    except ffmpeg.Error as err:
+        detail = (err.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        raise _explain_probe_failure(path, detail[-1] if detail else str(err)) from None
+
+
+def _probe_pyav(path: Path) -> dict:
+    """ffprobe's JSON shape, filled from PyAV's container metadata (used where no ffprobe is installed)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            streams = []
+            for s in c.streams:
+                entry = {"codec_type": s.type, "codec_name": s.codec_context.name if s.codec_context else "",
+                         "start_time": float(s.start_time * s.time_base) if s.start_time is not None else None,
+                         "duration": float(s.duration * s.time_base) if s.duration is not None else None}
+                if s.type == "video":
+                    entry.update(width=s.codec_context.width, height=s.codec_context.height,
+                                 avg_frame_rate=str(s.average_rate or 0), r_frame_rate=str(s.base_rate or 0))
+                streams.append(entry)
+            fmt = {"duration": c.duration / 1e6 if c.duration else None,
+                   "start_time": c.start_time / 1e6 if c.start_time is not None else None}
+            return {"streams": streams, "format": fmt}
+    except av.FFmpegError as err:
+        raise _explain_probe_failure(path, str(err)) from None
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Probe a video file; raise SightlineError saying what is wrong with it when it cannot be indexed."""
+    path = Path(path)
+    size = _check_file(path)
+    data = _probe_ffprobe(path) if shutil.which("ffprobe") else _probe_pyav(path)
+    streams = data.get("streams", [])
+    fmt = data.get("format", {})
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not int((s.get("disposition") or {}).get("attached_pic", 0))), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None:
+        kind = "an audio-only file" if audio else "no audio or video streams"
+        raise SightlineError(f"{path.name}: no video stream ({kind}).",
+                             hint="Sightline indexes videos; audio-only files are not supported yet.")
+    codec = video.get("codec_name") or ""
+    if not codec or not _decoder_available(codec):
+        raise SightlineError(f"{path.name}: the video codec {codec or '(unknown)'!r} is not supported here.",
+                             hint=_HINT_REENCODE)
+    start = _float(fmt.get("start_time"), _float(video.get("start_time")))
+    duration = _float(fmt.get("duration")) or _float(video.get("duration"))
+    if duration <= 0:
+        raise SightlineError(f"{path.name}: the file reports no duration; it is probably truncated.",
+                             hint=_HINT_REENCODE)
+    fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
+    audio_start = max(0.0, _float(audio.get("start_time"), start) - start) if audio else 0.0
+    return MediaInfo(str(path), duration, fps, int(video.get("width") or 0), int(video.get("height") or 0), codec,
+                     audio is not None, start, audio_start, size)
+
+
+# --- fingerprint ------------------------------------------------------------------------------------------------
+
+_CHUNK = 64 * 1024
+_SAMPLES = 16
+
+
+def fingerprint(path: str | Path) -> str:
+    """Size + hash of sampled chunks (head, tail, 16 spread between): constant time on huge files."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        if size <= _CHUNK * (_SAMPLES + 2):
+            h.update(f.read())
+        else:
+            for i in range(_SAMPLES + 2):
+                f.seek((size - _CHUNK) * i // (_SAMPLES + 1))
+                h.update(f.read(_CHUNK))
+    return f"{size}:{h.hexdigest()}"
+
+
+# --- frames -----------------------------------------------------------------------------------------------------
+
+
+def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(w, h) scaled so the longer side is at most max_side, both even (decoders like even sizes)."""
+    if not max_side or max(width, height) <= max_side:
+        return width - width % 2, height - height % 2
+    scale = max_side / max(width, height)
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def _decode_error(path: str, err: Exception) -> SightlineError:
+    return SightlineError(f"{Path(path).name}: decoding failed ({err}); the file may be damaged or truncated.",
+                          hint=_HINT_REENCODE)
+
+
+def _frames_decord(info: MediaInfo, fps: float, max_side: int | None, batch: int = 8) -> Iterator[Frame]:
+    import decord
+
+    w, h = fit_size(info.width, info.height, max_side)
+    vr = decord.VideoReader(info.path, ctx=decord.cpu(0), width=w, height=h)
+    n = len(vr)
+    times = vr.get_frame_timestamp(np.arange(n))[:, 0] - info.start_time  # PTS of each frame, in seconds
+    picks, next_t = [], 0.0
+    for i, t in enumerate(times):
+        if t + 1e-6 >= next_t:
+            picks.append(i)
+            next_t = t + 1.0 / fps
+    for k in range(0, len(picks), batch):
+        idx = picks[k:k + batch]
+        arr = vr.get_batch(idx).asnumpy()
+        for i, img in zip(idx, arr):
+            yield Frame(float(times[i]), img)
+    del vr
+
+
+def _frames_pyav(info: MediaInfo, fps: float | None, max_side: int | None) -> Iterator[Frame]:
+    import av
+
+    w, h = fit_size(info.width, info.height, max_side)
+    with av.open(info.path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        next_t = 0.0
+        for frame in c.decode(stream):
+            if frame.time is None:
+                continue
+            t = frame.time - info.start_time
+            if fps and t + 1e-6 < next_t:
+                continue
+            next_t = t + (1.0 / fps if fps else 0.0)
+            yield Frame(t, frame.to_ndarray(width=w, height=h, format="rgb24"))
+
+
+def iter_frames(info: MediaInfo, fps: float, max_side: int | None = None, backend: str = "auto") -> Iterator[Frame]:
+    """Frames sampled at `fps` (the first frame at or after each 1/fps step), downscaled to max_side, streamed.
+
+    decord is tried first, PyAV is the fallback (and the only backend when decord cannot open the file).
+    """
+    if backend in ("auto", "decord"):
+        try:
+            import decord  # noqa: F401
+
+            gen = _frames_decord(info, fps, max_side)
+            first = next(gen, None)
+        except Exception as err:  # noqa: BLE001 - decord raises its own DECORDError and RuntimeErrors
+            if backend == "decord":
+                raise _decode_error(info.path, err) from err
+            first, gen = None, None
+        if gen is not None:
+            if first is not None:
+                yield first
+            try:
+                yield from gen
+            except Exception as err:  # noqa: BLE001
+                raise _decode_error(info.path, err) from err
+            return
+    try:
+        yield from _frames_pyav(info, fps, max_side)
+    except SightlineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - av.FFmpegError and friends
+        raise _decode_error(info.path, err) from err
+
+
+def scan_frames(info: MediaInfo, small: tuple[int, int]) -> Iterator[tuple[float, object]]:
+    """Every frame once, in order: (t, av.VideoFrame). Callers convert only what they need (shots want a
+    tiny copy of each frame, OCR and thumbnails a larger copy of a few), so the file is decoded once."""
+    import av
+
+    try:
+        with av.open(info.path) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in c.decode(stream):
+                if frame.time is None:
+                    continue
+                yield frame.time - info.start_time, frame
+    except av.FFmpegError as err:
+        raise _decode_error(info.path, err) from err
+
+
+# --- audio ------------------------------------------------------------------------------------------------------
+
+
+def iter_audio(info: MediaInfo, chunk_s: float = 600.0) -> Iterator[tuple[float, np.ndarray]]:
+    """16 kHz mono float32 audio as (offset seconds from the start of the file, samples) chunks."""
+    if not info.has_audio:
+        return
+    chunk = int(chunk_s * SAMPLE_RATE)
+    ffmpeg_exe = shutil.which("ffmpeg")
+    gen = _audio_ffmpeg(info, ffmpeg_exe) if ffmpeg_exe else _audio_pyav(info)
+    buf: list[np.ndarray] = []
+    have = 0
+    offset = info.audio_start
+    for block in gen:
+        buf.append(block)
+        have += len(block)
+        while have >= chunk:
+            joined = np.concatenate(buf)
+            yield offset, joined[:chunk]
+            offset += chunk / SAMPLE_RATE
+            buf, have = [joined[chunk:]], len(joined) - chunk
+    if have:
+        yield offset, np.concatenate(buf)
+
+
+def load_audio(info: MediaInfo) -> tuple[float, np.ndarray]:
+    """The whole audio track at once (short files, tests): (offset, samples)."""
+    parts = list(iter_audio(info, chunk_s=1e9))
+    if not parts:
+        return 0.0, np.zeros(0, np.float32)
+    return parts[0]
+
+
+def _audio_ffmpeg(info: MediaInfo, exe: str) -> Iterator[np.ndarray]:
+    cmd = [exe, "-nostdin", "-v", "error", "-i", info.path, "-map", "0:a:0", "-vn", "-ac", "1",
+           "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while True:
+            raw = proc.stdout.read(SAMPLE_RATE * 4 * 30)  # 30 s per read
+            if not raw:
+                break
+            yield np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype=np.float32)
+        err = proc.stderr.read().decode("utf-8", "replace").strip()
+        if proc.wait() != 0:
+            raise SightlineError(f"{Path(info.path).name}: the audio track cannot be decoded ({err[-300:]}).",
+                                 hint=_HINT_REENCODE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _audio_pyav(info: MediaInfo) -> Iterator[np.ndarray]:
+    import av
+
+    try:
+        with av.open(info.path) as c:
+            stream = c.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            for frame in c.decode(stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    except av.FFmpegError as err:
+        raise SightlineError(f"{Path(info.path).name}: the audio track cannot be decoded ({err}).",
+                             hint=_HINT_REENCODE) from err
+
+
+def has_ffprobe() -> bool:
+    return shutil.which("ffprobe") is not None and os.access(shutil.which("ffprobe"), os.X_OK)

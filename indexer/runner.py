@@ -1,0 +1,510 @@
+"""The job runner: index many files and folders, incrementally and resumably, with progress and ETA.
+
+- Incremental: a file whose fingerprint and stage signatures match what is stored is skipped; a changed file
+  loses its old moments and vectors first; files gone from an indexed folder are marked `missing`.
+- Resumable: each stage's moments, embeddings and done mark commit in ONE `Library.write`; FAISS is updated
+  after the commit (and `storage.vectors` rebuilds from SQLite when a kill fell between the two). A killed run
+  resumes at the first stage without a done mark: no duplicate and no missing moments.
+- Per-file errors land in `videos.error`; a bad file never stops the others or touches what is indexed.
+- Speed: the frame lane (one decode pass: shots, visual, on-screen text) and the audio lane (speech) run in two
+  threads. Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the same figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select
+
+from indexer.context import IndexContext, StageOutput, VideoJob
+from indexer.frames import drop_frames
+from indexer.media import VIDEO_EXTENSIONS, fingerprint
+from indexer.stages import DEFAULT_STAGES
+from storage.errors import SightlineError
+from storage.models import FAILED, INDEXED, INDEXING, MISSING, PENDING, Embedding, Job, Moment, StageRun, Video
+from storage.vectors import encode_vector
+
+log = logging.getLogger("sightline.indexer")
+
+# Share of a video's indexing time per stage, used for the ETA until the library has its own figures.
+DEFAULT_WEIGHTS = {"probe": 0.01, "shots": 0.35, "visual": 0.05, "screen_text": 0.25, "speech": 0.3,
+                   "captions": 0.04}
+
+
+@dataclass
+class ProgressEvent:
+    """What the CLI's tqdm bar and the UI show: where the run is and how long it will take."""
+
+    job_id: int
+    file_index: int  # 1-based position of the current file
+    files_total: int
+    path: str
+    stage: str
+    state: str  # started | done | skipped | failed | unchanged | finished
+    media_done: float  # seconds of media indexed so far in this run (whole files plus finished stages)
+    media_total: float
+    elapsed_s: float
+    eta_s: float | None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.media_done / self.media_total if self.media_total else 0.0
+
+
+@dataclass
+class IndexSummary:
+    done: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+    missing: list[str] = field(default_factory=list)
+    media_s: float = 0.0
+    wall_s: float = 0.0
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.media_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def describe(self) -> str:
+        lines = [f"Indexed {len(self.done)} file(s), {self.media_s / 60:.1f} min of media in {self.wall_s:.1f} s"
+                 + (f" ({self.realtime_factor:.1f}x realtime)" if self.done and self.wall_s > 0 else "")
+                 + f"; {len(self.unchanged)} unchanged; {len(self.failed)} failed; {len(self.missing)} missing."]
+        for path, note in self.notes.items():
+            lines.append(f"  note: {Path(path).name}: {note}")
+        for path, error in self.failed:
+            lines.append(f"  failed: {path}: {error}")
+        for path in self.missing:
+            lines.append(f"  missing: {path}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"done": self.done, "unchanged": self.unchanged, "failed": [list(f) for f in self.failed],
+                "missing": self.missing, "media_s": self.media_s, "wall_s": self.wall_s, "notes": self.notes}
+
+
+# --- planning ---------------------------------------------------------------------------------------------------
+
+
+def collect(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(video files, folders given). Folders are walked for known video extensions; named files are taken as is."""
+    files, roots = [], []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise SightlineError(f"No such file or folder: {raw}.", hint="Check the path and try again.")
+        p = p.resolve()
+        if p.is_dir():
+            roots.append(p)
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                        files.append(Path(dirpath) / name)
+        else:
+            files.append(p)
+    seen, unique = set(), []
+    for f in files:
+        if f not in seen:
+            seen.add(f)
+            unique.append(f)
+    return unique, roots
+
+
+def _stage_key(fp: str, stage, ctx: IndexContext) -> str:
+    return f"{fp}|{stage.signature(ctx)}"
+
+
+def _mark_missing(library, roots: list[Path], present: set[str]) -> list[str]:
+    if not roots:
+        return []
+
+    def fn(s):
+        gone = []
+        for v in s.scalars(select(Video).where(Video.status != MISSING)).all():
+            if any(v.path.startswith(str(r) + os.sep) for r in roots) and v.path not in present \
+                    and not Path(v.path).exists():
+                v.status = MISSING
+                v.error = "the file is no longer there"
+                gone.append(v.path)
+        return gone
+
+    return library.write(fn)
+
+
+def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | str:
+    """Register the file and work out which stages still need to run; a string is an error message."""
+    try:
+        fp = fingerprint(path)
+        size = path.stat().st_size
+    except OSError as err:
+        fp, size = None, None
+        error = f"{path.name}: cannot read the file ({err.strerror})."
+    else:
+        error = None
+
+    def fn(s):
+        video = s.scalar(select(Video).where(Video.path == str(path)))
+        if video is None:
+            video = Video(path=str(path), status=PENDING)
+            s.add(video)
+            s.flush()
+        removed: dict[str, list[int]] = {}
+        if fp is not None and video.fingerprint not in (None, fp):
+            removed = _wipe(s, video.id)  # the file changed: old moments and vectors go
+        video.fingerprint, video.size = fp, size
+        try:
+            video.mtime = path.stat().st_mtime
+        except OSError:
+            pass
+        if error:
+            video.status, video.error = FAILED, error
+        done = {r.stage: r.fingerprint for r in s.scalars(select(StageRun).where(
+            StageRun.video_id == video.id, StageRun.status.in_(("done", "skipped")))).all()}
+        pending = [st for st in DEFAULT_STAGES if done.get(st.NAME) != _stage_key(fp or "", st, ctx)]
+        if not pending and video.status != INDEXED:
+            video.status, video.error = INDEXED, None
+        return video.id, pending, removed
+
+    video_id, pending, removed = library.write(fn)
+    _remove_vectors(library, removed)
+    if error:
+        return error
+    return VideoJob(video_id, str(path), fp), pending
+
+
+def _wipe(s, video_id: int) -> dict[str, list[int]]:
+    rows = s.execute(select(Embedding.space, Embedding.moment_id).join(Moment, Moment.id == Embedding.moment_id)
+                     .where(Moment.video_id == video_id)).all()
+    removed: dict[str, list[int]] = {}
+    for space, mid in rows:
+        removed.setdefault(space, []).append(mid)
+    s.execute(delete(Embedding).where(Embedding.moment_id.in_(select(Moment.id).where(Moment.video_id == video_id))))
+    s.execute(delete(Moment).where(Moment.video_id == video_id))
+    s.execute(delete(StageRun).where(StageRun.video_id == video_id))
+    return removed
+
+
+def _remove_vectors(library, removed: dict[str, list[int]]) -> None:
+    for space, ids in removed.items():
+        if ids:
+            library.vectors(space).remove(ids)
+
+
+# --- committing a stage -----------------------------------------------------------------------------------------
+
+
+def _commit(library, ctx: IndexContext, video: VideoJob, stage, out: StageOutput, wall_s: float) -> None:
+    """The stage's moments, their vectors and its done mark in one transaction; then FAISS."""
+    texts = [m.text for m in out.moments if m.text.strip()]
+    text_vecs = None
+    text_model = ""
+    if texts:
+        embed = ctx.text_embedder.get()
+        text_vecs = embed(texts)
+        text_model = getattr(embed, "model_name", ctx.text_embedder.what)
+    visual_model = ctx.visual_embedder.what
+    key = _stage_key(video.fingerprint, stage, ctx)
+
+    def fn(s):
+        old = s.execute(select(Embedding.space, Embedding.moment_id).join(Moment, Moment.id == Embedding.moment_id)
+                        .where(Moment.video_id == video.id, Moment.stage == stage.NAME)).all()
+        s.execute(delete(Embedding).where(Embedding.moment_id.in_(
+            select(Moment.id).where(Moment.video_id == video.id, Moment.stage == stage.NAME))))
+        s.execute(delete(Moment).where(Moment.video_id == video.id, Moment.stage == stage.NAME))
+        rows = [Moment(video_id=video.id, start=float(m.start), end=float(m.end), modality=m.modality,
+                       text=m.text, thumbnail=m.thumbnail, stage=stage.NAME) for m in out.moments]
+        s.add_all(rows)
+        s.flush()
+        added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        ti = 0
+        for row, m in zip(rows, out.moments):
+            if m.text.strip():
+                vec = text_vecs[ti]
+                ti += 1
+                s.add(Embedding(moment_id=row.id, space="text", model=text_model, vector=encode_vector(vec)))
+                added.setdefault("text", ([], []))
+                added["text"][0].append(row.id)
+                added["text"][1].append(vec)
+            if m.visual_vector is not None:
+                s.add(Embedding(moment_id=row.id, space="visual", model=visual_model,
+                                vector=encode_vector(m.visual_vector)))
+                added.setdefault("visual", ([], []))
+                added["visual"][0].append(row.id)
+                added["visual"][1].append(m.visual_vector)
+        run = s.scalar(select(StageRun).where(StageRun.video_id == video.id, StageRun.stage == stage.NAME))
+        if run is None:
+            run = StageRun(video_id=video.id, stage=stage.NAME)
+            s.add(run)
+        run.status, run.fingerprint, run.wall_s, run.media_s = out.status, key, wall_s, out.media_s
+        run.message, run.finished_at = out.message, time.time()
+        v = s.get(Video, video.id)
+        for col, value in out.video.items():
+            setattr(v, col, value)
+        s.flush()
+        v.notes = _notes(s, video.id)
+        removed: dict[str, list[int]] = {}
+        for space, mid in old:
+            removed.setdefault(space, []).append(mid)
+        return removed, added
+
+    removed, added = library.write(fn)
+    _remove_vectors(library, removed)
+    for space, (ids, vecs) in added.items():
+        library.vectors(space).add(ids, np.stack(vecs))
+
+
+def _notes(s, video_id: int) -> str | None:
+    order = {st.NAME: i for i, st in enumerate(DEFAULT_STAGES)}
+    runs = s.scalars(select(StageRun).where(StageRun.video_id == video_id)).all()
+    notes = [r.message for r in sorted(runs, key=lambda r: order.get(r.stage, 99)) if r.message]
+    return "; ".join(notes) or None
+
+
+def _set_status(library, video_id: int, status: str, error: str | None = None) -> None:
+    def fn(s):
+        v = s.get(Video, video_id)
+        v.status, v.error = status, error
+        if status == INDEXED:
+            v.indexed_at = time.time()
+
+    library.write(fn)
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Turns stage completions into ProgressEvents with an ETA, and drives an optional tqdm bar."""
+
+    def __init__(self, library, job_id: int, files_total: int, media_total: float,
+                 on_progress: Callable[[ProgressEvent], None] | None, show: bool):
+        self.job_id, self.files_total, self.media_total = job_id, files_total, media_total
+        self.on_progress = on_progress
+        self.started = time.time()
+        self.media_done = 0.0
+        self.partial = 0.0  # fraction of the current file done, in media seconds
+        self.lock = threading.Lock()
+        self.weights = _stage_weights(library)
+        self.history_rate = _history_rate(library)  # wall seconds per media second, from earlier runs
+        self.bar = None
+        if show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(media_total, 1), unit="s", desc="indexing", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} media s [{elapsed}<{remaining}]")
+
+    def eta(self) -> float | None:
+        done = self.media_done + self.partial
+        elapsed = time.time() - self.started
+        remaining = max(0.0, self.media_total - done)
+        if done > 0 and elapsed > 1.0:
+            return remaining * elapsed / done
+        if self.history_rate:
+            return remaining * self.history_rate
+        return None
+
+    def emit(self, index: int, path: str, stage: str, state: str, message: str = "") -> None:
+        with self.lock:
+            event = ProgressEvent(self.job_id, index, self.files_total, path, stage, state,
+                                  self.media_done + self.partial, self.media_total, time.time() - self.started,
+                                  self.eta(), message)
+            if self.bar is not None:
+                self.bar.n = round(min(event.media_done, self.media_total), 1)
+                self.bar.set_postfix_str(f"{Path(path).name}: {stage} {state}"[:60], refresh=True)
+        if self.on_progress is not None:
+            try:
+                self.on_progress(event)
+            except Exception:  # noqa: BLE001 - a broken progress consumer must not stop indexing
+                log.exception("progress callback failed")
+
+    def stage_done(self, stage: str, duration: float) -> None:
+        with self.lock:
+            self.partial = min(duration, self.partial + duration * self.weights.get(stage, 0.05))
+
+    def file_done(self, duration: float) -> None:
+        with self.lock:
+            self.media_done += duration
+            self.partial = 0.0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = round(self.media_total, 1)
+            self.bar.refresh()
+            self.bar.close()
+
+
+def _stage_weights(library) -> dict[str, float]:
+    with library.read() as s:
+        rows = s.execute(select(StageRun.stage, func.sum(StageRun.wall_s)).group_by(StageRun.stage)).all()
+    total = sum(w or 0 for _, w in rows)
+    if total <= 0:
+        return dict(DEFAULT_WEIGHTS)
+    return {stage: (w or 0) / total for stage, w in rows}
+
+
+def _history_rate(library) -> float | None:
+    with library.read() as s:
+        row = s.execute(select(func.sum(StageRun.wall_s), func.sum(StageRun.media_s))
+                        .where(StageRun.stage == "probe")).one()
+        wall = s.scalar(select(func.sum(StageRun.wall_s))) or 0.0
+    media = row[1] or 0.0
+    return wall / media if media > 0 and wall > 0 else None
+
+
+def index_paths(library, paths: Iterable[str | Path], ctx: IndexContext,
+                on_progress: Callable[[ProgressEvent], None] | None = None,
+                show_progress: bool = False) -> IndexSummary:
+    """Index files and folders into the library; see the module docstring for the guarantees."""
+    started = time.time()
+    files, roots = collect(paths)
+    summary = IndexSummary()
+    summary.missing = _mark_missing(library, roots, {str(f) for f in files})
+    job_id = library.write(lambda s: _new_job(s, len(files)))
+    plans: list[tuple[Path, VideoJob | None, list]] = []
+    for path in files:
+        prepared = _prepare(library, path, ctx)
+        if isinstance(prepared, str):
+            summary.failed.append((str(path), prepared))
+            continue
+        video, pending = prepared
+        if not pending:
+            summary.unchanged.append(str(path))
+            continue
+        plans.append((path, video, pending))
+    media_total = sum(_known_duration(library, v.id) or _quick_duration(v) for _, v, _ in plans)
+    progress = _Progress(library, job_id, len(plans), media_total, on_progress, show_progress)
+    status = "done"
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightline-audio") as audio_lane:
+            for i, (path, video, pending) in enumerate(plans, start=1):
+                error = _index_one(library, ctx, video, pending, audio_lane, progress, i)
+                duration = video.info.duration if video.info else 0.0
+                progress.file_done(duration)
+                if error:
+                    summary.failed.append((str(path), error))
+                    progress.emit(i, str(path), "", "failed", error)
+                else:
+                    summary.done.append(str(path))
+                    summary.media_s += duration
+                    progress.emit(i, str(path), "", "done")
+                _job_progress(library, job_id, i, progress.media_done)
+    except BaseException:
+        status = "interrupted"
+        raise
+    finally:
+        progress.close()
+        summary.wall_s = time.time() - started
+        library.write(lambda s: _finish_job(s, job_id, status))
+    summary.notes = _collect_notes(library, summary.done)
+    return summary
+
+
+def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, audio_lane, progress: _Progress,
+               i: int) -> str | None:
+    """Run a video's pending stages; return the error message or None."""
+    _set_status(library, video.id, INDEXING)
+    errors: list[str] = []
+    errors_lock = threading.Lock()
+
+    def run_stage(stage) -> bool:
+        progress.emit(i, video.path, stage.NAME, "started")
+        t0 = time.time()
+        try:
+            out = stage.run(video, ctx)
+            _commit(library, ctx, video, stage, out, time.time() - t0)
+        except SightlineError as err:
+            with errors_lock:
+                errors.append(err.user_text() if stage.NAME == "probe" else f"{stage.NAME}: {err.user_text()}")
+            progress.emit(i, video.path, stage.NAME, "failed", err.user_text())
+            return False
+        except Exception as err:  # noqa: BLE001 - one bad file must not stop the library; the log has the trace
+            log.exception("stage %s failed on %s", stage.NAME, video.path)
+            with errors_lock:
+                errors.append(f"{stage.NAME}: internal error: {type(err).__name__}: {err}")
+            progress.emit(i, video.path, stage.NAME, "failed", str(err))
+            return False
+        progress.stage_done(stage.NAME, video.info.duration if video.info else 0.0)
+        progress.emit(i, video.path, stage.NAME, out.status, out.message or "")
+        return True
+
+    def run_lane(stages) -> None:
+        for stage in stages:
+            if not run_stage(stage):
+                break
+
+    # The first lane (probe) gates the rest: nothing else makes sense on a file that does not probe.
+    try:
+        video.media()
+    except SightlineError as err:
+        _set_status(library, video.id, FAILED, err.user_text())
+        return err.user_text()
+    first = [s for s in pending if s.LANE == "first"]
+    if first and not all(run_stage(s) for s in first):
+        _set_status(library, video.id, FAILED, errors[0])
+        return errors[0]
+    audio = [s for s in pending if s.LANE == "audio"]
+    frames = [s for s in pending if s.LANE not in ("first", "audio")]
+    future = audio_lane.submit(run_lane, audio) if audio else None
+    try:
+        run_lane(frames)
+    finally:
+        video.frames_ready.set()  # the audio lane waits for thumbnails; never leave it waiting on a failure
+        if future is not None:
+            future.result()
+    if not errors:
+        drop_frames(video, ctx)
+    if errors:
+        message = "; ".join(errors)
+        _set_status(library, video.id, FAILED, message)
+        return message
+    _set_status(library, video.id, INDEXED)
+    return None
+
+
+def _known_duration(library, video_id: int) -> float | None:
+    with library.read() as s:
+        return s.scalar(select(Video.duration).where(Video.id == video_id))
+
+
+def _quick_duration(video: VideoJob) -> float:
+    try:
+        return video.media().duration
+    except SightlineError:
+        return 0.0
+
+
+def _new_job(s, files_total: int) -> int:
+    job = Job(files_total=files_total)
+    s.add(job)
+    s.flush()
+    return job.id
+
+
+def _job_progress(library, job_id: int, files_done: int, media_done: float) -> None:
+    def fn(s):
+        job = s.get(Job, job_id)
+        job.files_done, job.media_seconds_done = files_done, media_done
+
+    library.write(fn)
+
+
+def _finish_job(s, job_id: int, status: str) -> None:
+    job = s.get(Job, job_id)
+    job.status, job.finished_at = status, time.time()
+
+
+def _collect_notes(library, paths: list[str]) -> dict[str, str]:
+    if not paths:
+        return {}
+    with library.read() as s:
+        rows = s.execute(select(Video.path, Video.notes).where(Video.path.in_(paths))).all()
+    return {p: n for p, n in rows if n}
