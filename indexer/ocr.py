@@ -9,6 +9,7 @@ tolerating OCR jitter between frames ("THANKS FOR WATCHING" vs "THANKS FOR WATCH
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -116,6 +117,7 @@ def _load_engine(max_side: int | None, threads: int, use_cls: bool):
 # --- merging reads across frames -------------------------------------------------------------------------------
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+_DIGITS = re.compile(r"\d+")
 
 
 def normalise_text(text: str) -> str:
@@ -123,11 +125,18 @@ def normalise_text(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
+def similarity(a: str, b: str) -> float:
+    """0..1 for two normalised reads; numbers must agree exactly (a clock or a score that changes is new text)."""
+    if a == b:
+        return 1.0
+    if not (a and b) or _DIGITS.findall(a) != _DIGITS.findall(b):
+        return 0.0
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
 def same_text(a: str, b: str) -> bool:
     """True when two normalised reads are one text up to OCR jitter."""
-    if a == b:
-        return True
-    return bool(a and b) and SequenceMatcher(None, a, b, autojunk=False).ratio() >= SIMILAR
+    return similarity(a, b) >= SIMILAR
 
 
 @dataclass
@@ -135,6 +144,7 @@ class _Run:
     key: str
     start: float
     last: float
+    order: int  # creation order: runs starting together keep their reading order
     variants: dict[str, int] = field(default_factory=dict)
 
     def text(self) -> str:
@@ -150,6 +160,7 @@ def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) ->
     """
     open_runs: list[_Run] = []
     done: list[_Run] = []
+    counter = itertools.count()
     for time, texts in sorted(observations, key=lambda o: o[0]):
         still_open: list[_Run] = []
         for raw in texts:
@@ -164,7 +175,7 @@ def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) ->
                 continue
             match = _best_match(open_runs, key)
             if match is None:
-                match = _Run(key=key, start=time, last=time)
+                match = _Run(key=key, start=time, last=time, order=next(counter))
             else:
                 open_runs.remove(match)
             match.last = time
@@ -173,14 +184,14 @@ def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) ->
         done.extend(open_runs)  # not seen at this sample: the text left the screen
         open_runs = still_open
     done.extend(open_runs)
-    done.sort(key=lambda r: (r.start, r.last))
+    done.sort(key=lambda r: (r.start, r.order))
     return [TextRun(start=r.start, end=r.last + step, text=r.text()) for r in done]
 
 
 def _best_match(runs: list[_Run], key: str) -> _Run | None:
     best, best_ratio = None, 0.0
     for run in runs:
-        ratio = 1.0 if run.key == key else SequenceMatcher(None, run.key, key, autojunk=False).ratio()
+        ratio = similarity(run.key, key)
         if ratio >= SIMILAR and ratio > best_ratio:
             best, best_ratio = run, ratio
     return best

@@ -1,0 +1,109 @@
+"""On-screen text: RapidOCR on gradio's a.mp4 end card, and merging per-frame reads into runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.ocr import TextRun, merge_text_runs, normalise_text
+
+
+def frame_at(path, seconds: float) -> np.ndarray:
+    """The first decoded frame whose PTS is at or after `seconds`, as RGB."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            if float(frame.pts * stream.time_base) >= seconds:
+                return frame.to_ndarray(format="rgb24")
+    raise AssertionError(f"{path} has no frame at {seconds} s")
+
+
+@pytest.fixture(scope="session")
+def ocr():
+    from indexer.ocr import load_ocr
+
+    return load_ocr(max_side=960)
+
+
+@pytest.fixture(scope="session")
+def card_frame(card_mp4):
+    return frame_at(card_mp4, 3.0)
+
+
+@pytest.mark.slow
+def test_reads_thanks_for_watching_on_the_card(ocr, card_frame):
+    assert card_frame.shape == (1080, 1920, 3)
+    reads = ocr.read(card_frame)
+    texts = [normalise_text(t) for t, _ in reads]
+    assert "thanks for watching" in texts, reads
+    assert all(conf >= ocr.min_confidence for _, conf in reads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_side", [640, None])
+def test_card_stays_readable_at_other_sizes(card_frame, max_side):
+    from indexer.ocr import load_ocr
+
+    reads = load_ocr(max_side=max_side).read(card_frame)
+    assert "thanks for watching" in [normalise_text(t) for t, _ in reads], reads
+
+
+@pytest.mark.slow
+def test_blank_frame_reads_nothing_and_bad_input_is_refused(ocr):
+    assert ocr.read(np.zeros((720, 1280, 3), np.uint8)) == []
+    with pytest.raises(ValueError, match="RGB uint8"):
+        ocr.read(np.zeros((720, 1280), np.uint8))
+
+
+def test_normalise_folds_case_space_and_punctuation():
+    assert normalise_text("  Thanks,  for WATCHING! ") == "thanks for watching"
+    assert normalise_text("...") == ""
+
+
+def test_jittery_reads_of_one_card_merge_into_one_run():
+    obs = [
+        (1.0, []),
+        (2.0, ["THANKS FOR WAICHING"]),
+        (3.0, ["THANKS FOR WATCHING"]),
+        (4.0, ["Thanks for watching."]),
+        (5.0, ["THANKS FOR WATCHING"]),
+        (6.0, []),
+    ]
+    assert merge_text_runs(obs, step=1.0) == [TextRun(2.0, 6.0, "THANKS FOR WATCHING")]
+
+
+def test_different_texts_make_separate_runs_even_when_on_screen_together():
+    obs = [
+        (0.0, ["BREAKING NEWS", "Market falls 3%"]),
+        (2.0, ["BREAKING NEWS", "Market falls 3%"]),
+        (4.0, ["BREAKING NEWS", "Storm hits the coast"]),
+    ]
+    runs = merge_text_runs(obs, step=2.0)
+    assert runs == [
+        TextRun(0.0, 6.0, "BREAKING NEWS"),
+        TextRun(0.0, 4.0, "Market falls 3%"),
+        TextRun(4.0, 6.0, "Storm hits the coast"),
+    ]
+
+
+def test_a_sample_without_the_text_splits_the_run():
+    obs = [(0.0, ["EXIT"]), (1.0, ["EXIT"]), (2.0, []), (3.0, ["EXIT"])]
+    assert merge_text_runs(obs, step=1.0) == [TextRun(0.0, 2.0, "EXIT"), TextRun(3.0, 4.0, "EXIT")]
+
+
+def test_similar_but_different_texts_do_not_merge():
+    # "chapter 1" vs "chapter 2" is 0.89 similar as strings; numbers must agree, so they stay apart.
+    obs = [(0.0, ["Chapter 1"]), (1.0, ["Chapter 2"]), (2.0, ["Chapter 2"]), (3.0, ["Chapter 12"])]
+    assert merge_text_runs(obs, step=1.0) == [
+        TextRun(0.0, 1.0, "Chapter 1"), TextRun(1.0, 3.0, "Chapter 2"), TextRun(3.0, 4.0, "Chapter 12")
+    ]
+    obs = [(0.0, ["red car parked"]), (1.0, ["blue bus moving"])]
+    assert [r.text for r in merge_text_runs(obs, step=1.0)] == ["red car parked", "blue bus moving"]
+
+
+def test_duplicates_within_a_sample_and_unsorted_input_and_empty_reads():
+    obs = [(2.0, ["SALE", "sale!"]), (0.0, []), (1.0, ["SALE", "  "])]
+    assert merge_text_runs(obs, step=1.0) == [TextRun(1.0, 3.0, "SALE")]
+    assert merge_text_runs([], step=1.0) == []
