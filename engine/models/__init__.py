@@ -1,0 +1,1 @@
+"""Model architectures Sightline defines itself (one file per architecture)."""
