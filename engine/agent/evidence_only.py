@@ -11,9 +11,9 @@ from engine.agent.evidence import Evidence
 from storage.timefmt import format_time
 
 K = 5
-HOW_TO_LOAD = ("To get written, verified answers, load a video model: on a machine with a CUDA GPU set "
-               "SIGHTLINE_VLM_MODEL=auto (InternVideo3-8B) or a model id or local folder, e.g. "
-               "SIGHTLINE_VLM_MODEL=Qwen/Qwen3-VL-4B-Instruct, with its weights available offline.")
+HOW_TO_LOAD = ("To load one, set SIGHTLINE_VLM_MODEL to a model name or a local folder with its weights: "
+               "internvideo3 (the default 'auto' on a CUDA GPU), qwen3-vl-8b, qwen3-vl-4b or qwen3-vl-2b "
+               "(the small ones also run on a CPU, slowly).")
 
 # Question words that say what kind of answer is wanted but not what to look for.
 _LEAD_IN = re.compile(
@@ -71,18 +71,19 @@ def evidence_only(question: str, tools: ToolBackend, video_id: int | None, reaso
     steps.append(step)
     if on_step:
         on_step(step)
-    why = f" ({reason.rstrip('.')})" if reason else ""
-    if loaded:
-        head = f"The answering model could not answer{why}, so this is an evidence-only answer."
-    else:
-        head = f"No answering model is loaded{why}, so this is an evidence-only answer."
     if evidence:
         listed = "; ".join(f"{Path(e.video).name} at {format_time(e.start)} ({e.modality}): \"{_short(e.text)}\""
                            for e in evidence[:3])
         body = f"The moments that best match the question, best first: {listed}."
     else:
         body = "No indexed moment matches the question."
-    text = f"{head} {body}" if loaded else f"{head} {body} {HOW_TO_LOAD}"
+    why = re.sub(r"^No answering model( is loaded)?:\s*", "", (reason or "").strip())
+    if loaded:
+        text = f"Evidence-only answer: the answering model failed on this question. {body} Why: {why}"
+    else:
+        text = f"Evidence-only answer: no answering model is loaded. {body}"
+        text += f" Why: {why}" if why else ""
+        text += f" {HOW_TO_LOAD}"
     final = Step(2, "answer", "answer", observation=text)
     steps.append(final)
     if on_step:

@@ -117,7 +117,7 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
 
         log.exception("the agent loop failed")
         why = err.user_text() if isinstance(err, SightlineError) else f"{type(err).__name__}: {err}"
-        return evidence_only(question, tools, ctx.video_id, f"the answering model failed on this question: {why}",
+        return evidence_only(question, tools, ctx.video_id, why,
                              on_step, loaded=True)
 
 

@@ -1,0 +1,89 @@
+"""The loop's mechanics end to end on the tiny random Qwen3-VL: real library tools, real frames, real model calls.
+
+The tiny model writes noise, so it never makes a valid call: the loop must still observe (search), spend its
+budget on error observations, force an answer, verify what it cites on real frames and cite only valid moments.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.agent import Budget, answer
+from engine.agent.library_tools import LibraryTools
+from storage.models import INDEXED, Moment, Video
+from tests.contracts import assert_moment
+
+pytestmark = pytest.mark.slow
+
+
+class Recording:
+    """Wraps a VideoChat and records each call's clips (the agent only needs .chat)."""
+
+    def __init__(self, chat):
+        self.inner, self.calls = chat, []
+
+    def chat(self, messages, clips=(), max_new_tokens=512):
+        self.calls.append({"messages": [dict(m) for m in messages], "clips": list(clips), "max_new_tokens": max_new_tokens})
+        return self.inner.chat(messages, clips=clips, max_new_tokens=max_new_tokens)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory):
+    from engine.tiny import tiny_video_chat
+
+    return tiny_video_chat(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def bikes_library(library, bikes_mp4):
+    """bikes.mp4 (10 s, a TAXI sign) with a few moments written through storage."""
+    def write(s):
+        v = Video(path=str(bikes_mp4), duration=10.0, status=INDEXED)
+        s.add(v)
+        s.flush()
+        s.add_all([Moment(video_id=v.id, start=1.2, end=3.0, modality="visual", text="a taxi sign on a street",
+                          stage="test"),
+                   Moment(video_id=v.id, start=5.5, end=7.5, modality="text", text="TAXI", stage="test"),
+                   Moment(video_id=v.id, start=9.0, end=10.0, modality="caption", text="cyclists pass a taxi",
+                          stage="test")])
+        return v.id
+
+    return library, library.write(write)
+
+
+def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_chat, bikes_library):
+    library, video_id = bikes_library
+    model = Recording(tiny_chat)
+    steps = []
+    budget = Budget(max_steps=3, max_new_tokens=24, final_verifications=2, inspect_max_frames=8)
+    result = answer("where is the taxi sign?", LibraryTools(library, None), model, on_step=steps.append,
+                    budget=budget)
+
+    assert result.mode == "agent"
+    # observe first: the question was searched in the library
+    assert steps[0].tool == "search" and "[m1]" in steps[0].observation
+    # the budget: at most max_steps tool calls (noise turns count), then exactly one forced-answer turn
+    turns = [c for c in model.calls if "You check claims" not in c["messages"][0]["content"]]
+    # the first search is the loop's own observation; the model had max_steps - 1 turns, then the forced one
+    assert len(turns) == (budget.max_steps - 1) + 1
+    assert "budget of tool calls is spent" in turns[-1]["messages"][-1]["content"]
+    assert any(s.title == "budget spent" for s in steps)
+    assert all(c["max_new_tokens"] <= budget.max_new_tokens for c in turns)
+    # verify ran on real frames of the cited windows, at >= 2 fps, capped at the frame budget
+    checks = [c for c in model.calls if "You check claims" in c["messages"][0]["content"]]
+    assert 1 <= len(checks) <= budget.final_verifications
+    for c in checks:
+        [clip] = c["clips"]
+        assert clip.video_id == video_id and 1 <= len(clip.timestamps) <= budget.inspect_max_frames
+        assert clip.frames.ndim == 4 and clip.frames.shape[-1] == 3
+        gaps = [b - a for a, b in zip(clip.timestamps, clip.timestamps[1:])]
+        assert all(g <= 0.5 + 0.05 for g in gaps), gaps
+    # every evidence item is a valid moment of that video, and verified only where verify said YES
+    assert result.evidence, [s.to_dict() for s in steps]
+    for e in result.evidence:
+        assert_moment(e.to_dict(), duration=10.0, evidence=True)
+        assert e.video_id == video_id
+        if e.verified:
+            assert any(s.tool == "verify" and "SUPPORTED." in s.observation and "NOT" not in s.observation
+                       for s in steps)
+    assert result.to_dict()["mode"] == "agent"
