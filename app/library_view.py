@@ -40,6 +40,7 @@ class Progress:
     """The latest index job, as the job and stage tables describe it."""
 
     running: bool
+    job_id: int | None = None
     files_total: int = 0
     files_done: int = 0
     media_total: float = 0.0
@@ -82,7 +83,7 @@ def progress(library, now: float | None = None) -> Progress:
         if job is None:
             return Progress(running=False)
         end = job.finished_at or now
-        return Progress(running=job.status == "running", files_total=job.files_total, files_done=job.files_done,
+        return Progress(running=job.status == "running", job_id=job.id, files_total=job.files_total, files_done=job.files_done,
                         media_total=job.media_seconds_total, media_done=job.media_seconds_done,
                         elapsed=max(0.0, end - job.created_at), status=job.status)
 
@@ -140,3 +141,16 @@ def is_video_file(path: Path) -> bool:
 
 
 STATUS_ORDER = (INDEXING, "pending", INDEXED, FAILED, "missing")
+
+
+def moments_of(library, video_id: int, limit: int = 300) -> list[dict]:
+    """The moments of one video in time order, as DESIGN moment dicts (score 1: not a search result)."""
+    with library.read() as s:
+        video = s.get(Video, int(video_id))
+        if video is None:
+            return []
+        rows = s.scalars(select(Moment).where(Moment.video_id == video.id)
+                         .order_by(Moment.start, Moment.modality).limit(limit)).all()
+        return [{"video_id": video.id, "video": video.path, "start": m.start, "end": m.end, "modality": m.modality,
+                 "text": m.text, "score": 1.0,
+                 "thumbnail": str(library.path_of(m.thumbnail)) if m.thumbnail else None} for m in rows]

@@ -108,6 +108,23 @@ def moment_html(m: dict) -> str:
             f'<span class="text">{html.escape(text[:160])}</span></button>')
 
 
+def moment_row_html(m: dict) -> str:
+    """A compact clickable line (no thumbnail) for the list of a video's moments beside the player."""
+    start = float(m["start"])
+    return (f'<button type="button" class="moment row" data-start="{start:.3f}" data-video="{html.escape(m["video"])}" '
+            f'data-video-id="{int(m["video_id"])}"><span class="time">{format_time(start)}</span>'
+            f'<span class="modality">{html.escape(m["modality"])}</span>'
+            f'<span class="text">{html.escape((m.get("text") or "").strip()[:120])}</span></button>')
+
+
+def now_playing_html(path: Path, moments: list[dict], duration: float | None) -> str:
+    length = f" · {format_time(duration, 0)}" if duration else ""
+    head = f"<div class='np-head'>Playing <b>{html.escape(path.name)}</b>{length} · {len(moments)} moments</div>"
+    if not moments:
+        return head
+    return head + "<div class='np-list'>" + "".join(moment_row_html(m) for m in moments) + "</div>"
+
+
 def moments_html(moments: list[dict], css_class: str, empty: str) -> str:
     if not moments:
         return f'<div class="empty">{html.escape(empty)}</div>'
@@ -137,7 +154,8 @@ class IndexWorker:
         self._lock = threading.Lock()
         self.busy = False
         self.current: list[str] = []
-        self.last_event = ""
+        self.last_event = ""  # the latest progress event, described
+        self.event = None  # the latest progress event itself (indexer.runner.ProgressEvent)
         self.last_message = ""
 
     def submit(self, paths: list[str]) -> None:
@@ -155,8 +173,13 @@ class IndexWorker:
 
     def _on_progress(self, *args, **kwargs) -> None:
         event = args[0] if len(args) == 1 and not kwargs else (args, kwargs)
-        describe = getattr(event, "describe", None)
-        self.last_event = describe() if callable(describe) else str(event)
+        self.event = event
+        name = Path(str(getattr(event, "path", ""))).name
+        if name:
+            self.last_event = (f"File {getattr(event, 'file_index', '?')} of {getattr(event, 'files_total', '?')}: "
+                               f"{name} — {getattr(event, 'stage', '')} {getattr(event, 'state', '')}").strip()
+        else:
+            self.last_event = str(event)
 
     def _run(self) -> None:
         while True:
@@ -168,7 +191,7 @@ class IndexWorker:
                         self._thread = None
                         return
                 continue
-            self.busy, self.current, self.last_event = True, paths, ""
+            self.busy, self.current, self.last_event, self.event = True, paths, "", None
             try:
                 summary = self.services.index(paths, on_progress=self._on_progress)
                 describe = getattr(summary, "describe", None)
@@ -218,30 +241,40 @@ class ServedFiles:
 # --- library tab ---------------------------------------------------------------------------------------------------
 
 
-def _eta_text(p: lv.Progress) -> str:
-    eta = p.eta_seconds
-    return "estimating…" if eta is None else f"about {format_time(eta, 0)} left"
+def _eta_text(eta: float | None) -> str:
+    return "estimating time left…" if eta is None else f"about {format_time(eta, 0)} left"
 
 
 def progress_html(p: lv.Progress, rows: list[lv.VideoRow], worker: IndexWorker) -> str:
-    """The latest job's bar, ETA and the files still being worked on."""
+    """The latest job's bar, ETA and the file and stage being worked on.
+
+    Files and media seconds come from the job table; the runner's latest progress event (same job) refines the
+    fraction within a file and gives its ETA.
+    """
     parts = []
     if p.running or worker.busy:
-        pct = 100 * p.fraction
-        parts.append(f'<div class="progress-bar" title="{pct:.0f}%"><div style="width:{pct:.1f}%"></div></div>')
-        parts.append(f"<p><b>Indexing</b>: {p.files_done} of {p.files_total} files, "
-                     f"{format_time(p.media_done, 0)} of {format_time(p.media_total, 0)} of video, "
-                     f"{pct:.0f}% — {_eta_text(p)}.</p>")
-        active = [r for r in rows if r.status == lv.INDEXING]
-        for r in active:
-            done = ", ".join(f"{stage} {'✓' if status == 'done' else status}" for stage, status in r.stages)
-            parts.append(f"<p class='note'>{html.escape(r.name)}: {html.escape(done or 'starting')}</p>")
+        fraction, eta = p.fraction, p.eta_seconds
+        event = worker.event
+        if event is not None and getattr(event, "job_id", None) == p.job_id and p.running:
+            fraction = max(fraction, float(getattr(event, "fraction", 0.0)))
+            eta = getattr(event, "eta_s", eta)
+        pct = 100 * fraction
+        parts.append(f'<div class="progress-bar" data-percent="{pct:.1f}"><div style="width:{pct:.1f}%"></div></div>')
+        if p.running:
+            parts.append(f"<p><b>Indexing</b>: {p.files_done} of {p.files_total} files done, "
+                         f"{format_time(p.media_total, 0)} of video in all, {pct:.0f}% — {_eta_text(eta)}.</p>")
+        else:
+            parts.append("<p><b>Indexing</b>: preparing (probing files)…</p>")
         if worker.last_event:
             parts.append(f"<p class='note'>{html.escape(worker.last_event[:300])}</p>")
+        for r in rows:
+            if r.status == lv.INDEXING:
+                done = ", ".join(f"{stage} {'✓' if status == 'done' else status}" for stage, status in r.stages)
+                parts.append(f"<p class='note'>{html.escape(r.name)}: {html.escape(done or 'starting')}</p>")
         if worker.pending():
             parts.append(f"<p class='note'>{worker.pending()} more request(s) queued.</p>")
     elif p.status != "idle":
-        parts.append(f'<div class="progress-bar"><div style="width:100%"></div></div>'
+        parts.append('<div class="progress-bar" data-percent="100.0"><div style="width:100%"></div></div>'
                      f"<p>Last indexing run: <b>{html.escape(p.status)}</b>, {p.files_done} of {p.files_total} files "
                      f"in {format_time(p.elapsed, 0)}.</p>")
     if worker.last_message and not worker.busy:
@@ -308,25 +341,20 @@ def _human_bytes(n: float) -> str:
 
 
 def model_status(services) -> dict:
-    """What the answering model is (or why there is none), read from what services has loaded so far."""
+    """What the answering model is (or why there is none), from what services has loaded so far."""
     settings = services.settings
-    info: dict = {"model": None, "reason": "", "quantization": settings.quantization, "device": None, "cache": None}
-    describe = getattr(services, "model_status", None)
-    if callable(describe):
-        return {**info, **describe()}
-    loaded = services.__dict__.get("vlm")  # a cached_property that has already run
-    if loaded is not None:
-        d = loaded.describe() if hasattr(loaded, "describe") else {}
-        return {**info, **d, "model": d.get("model") or getattr(loaded, "name", str(loaded))}
-    reason = getattr(services, "vlm_error", None) or services.__dict__.get("vlm_error")
-    if reason:
-        info["reason"] = str(reason)
-    elif not hasattr(services, "ask"):
-        info["reason"] = "The answering agent is not part of this build yet; Ask shows the best matching moments."
-    else:
-        info["reason"] = (f"No model loaded yet (SIGHTLINE_VLM_MODEL={settings.vlm_model!r}); it loads on the first "
-                          "question. Without a GPU and local weights answers are evidence-only.")
-    return info
+    info: dict = {"model": None, "reason": "", "quantization": settings.quantization, "device": None, "cache": {}}
+    loaded = services.__dict__.get("_vlm")  # (VideoChat | None, reason) once services.vlm() has run
+    if loaded is None:
+        info["reason"] = (f"not loaded yet (SIGHTLINE_VLM_MODEL={settings.vlm_model!r}); it loads on the first "
+                          "question or with the button below. Until then answers are evidence-only.")
+        return info
+    chat, reason = loaded
+    if chat is None:
+        info["reason"] = reason or "no model configured"
+        return info
+    d = chat.describe() if hasattr(chat, "describe") else {}
+    return {**info, **d, "model": d.get("model") or getattr(chat, "name", str(chat)), "cache": d.get("cache") or {}}
 
 
 def _device() -> str:
@@ -385,20 +413,23 @@ def _field(obj, *names, default=None):
     return default
 
 
-def step_message(step) -> dict:
-    """An agent step -> a chat message titled with its tool ("search: red van"), its result as the body."""
-    tool = _field(step, "tool", "name", "action", default="step")
-    args = _field(step, "args", "arguments", "input", default="")
-    if isinstance(args, dict):
-        main = args.get("query") or args.get("claim") or args.get("answer") or ", ".join(
-            f"{k}={v}" for k, v in args.items())
-    else:
-        main = str(args or "")
-    body = _field(step, "observation", "result", "output", "content", "text", default="")
+def step_message(step) -> dict | None:
+    """An agent step -> a chat message titled with its tool ("search: red van"); the answer step -> None."""
+    if _field(step, "kind") == "answer":
+        return None  # the answer is the last chat message, written from the result
+    tool = _field(step, "tool", "name", default=None) or _field(step, "kind", default="step")
+    title = _field(step, "title", default=None)
+    if not title:
+        args = _field(step, "arguments", "args", default={}) or {}
+        main = args.get("query") or args.get("claim") if isinstance(args, dict) else str(args)
+        title = f"{tool}: {main}" if main else str(tool)
+    body = _field(step, "observation", "result", "output", default="")
     if not isinstance(body, str):
-        body = json.dumps(body, default=str)[:1500]
-    title = f"{tool}: {main}"[:120] if main else str(tool)
-    return {"role": "assistant", "content": (body or "…")[:1500], "metadata": {"title": title}}
+        body = json.dumps(body, default=str)
+    reasoning = (_field(step, "reasoning", default="") or "").strip()
+    if reasoning:
+        body = f"*{reasoning[:600]}*\n\n{body}"
+    return {"role": "assistant", "content": (body.strip() or "…")[:1500], "metadata": {"title": str(title)[:120]}}
 
 
 # --- build the UI ------------------------------------------------------------------------------------------------------
@@ -450,12 +481,12 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                                      hint=f"Supported: {', '.join(lv.VIDEO_EXTENSIONS)}.")
             found = 1
         else:
-            found = sum(1 for f in path.rglob("*") if f.is_file() and lv.is_video_file(f))
+            found = next((1 for f in path.rglob("*") if lv.is_video_file(f) and f.is_file()), 0)
             if not found:
                 raise SightlineError(f"No video files in {path}.",
                                      hint=f"Sightline indexes {', '.join(lv.VIDEO_EXTENSIONS)} files.")
         worker.submit([str(path)])
-        return f"Indexing {found} video file(s) from {path} in the background.", ""
+        return f"Indexing the videos of {path} in the background.", ""
 
     @user_errors
     def add_uploads(files):
@@ -512,7 +543,9 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             raise SightlineError("The seek request was not understood.") from None
         path = lv.video_path(library, ref if ref is not None else "")
         served.sync()
-        return gr.update(value=str(path), playback_position=max(0.0, start)), f"Playing **{path.name}**"
+        row = next((r for r in lv.videos(library) if r.path == str(path)), None)
+        listing = now_playing_html(path, lv.moments_of(library, row.id) if row else [], row.duration if row else None)
+        return gr.update(value=str(path), playback_position=max(0.0, start)), listing
 
     @user_errors
     def run_search(query, modalities, scope):
@@ -547,14 +580,6 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         q = _check_question(question, scope)
         history = list(history or []) + [{"role": "user", "content": q}]
         yield history, "", "<div class='empty'>Working…</div>"
-        if not hasattr(services, "ask"):
-            hits = [h.to_dict() for h in services.search(q, k=5, video=scope or None)]
-            history.append({"role": "assistant", "content": (
-                "The answering agent is not part of this build yet, so there is no written answer. "
-                "These are the moments that match your question best." if hits else
-                "The answering agent is not part of this build yet, and no moment matches your question.")})
-            yield history, "", moments_html(hits, "chips", "No evidence.")
-            return
         steps: queue.Queue = queue.Queue()
         box: dict = {}
 
@@ -572,14 +597,16 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                 step = steps.get(timeout=0.2)
             except queue.Empty:
                 continue
-            history.append(step_message(step))
+            message = step_message(step)
+            if message is not None:
+                history.append(message)
             shown += 1
             yield history, "", "<div class='empty'>Working…</div>"
         if "error" in box:
             raise box["error"]
         result = box["result"]
         if not shown:  # a GPU worker process (ZeroGPU) cannot stream back: show the steps now
-            history.extend(step_message(s) for s in (getattr(result, "steps", None) or []))
+            history.extend(m for m in map(step_message, getattr(result, "steps", None) or []) if m is not None)
         evidence = [_as_dict(e) for e in (getattr(result, "evidence", None) or [])]
         history.append({"role": "assistant", "content": result.answer or "(no answer)"})
         yield history, "", moments_html(evidence, "chips", "No evidence was cited.")
@@ -594,11 +621,13 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 player = gr.Video(label="Player", elem_id="player", interactive=False, height=360)
-                now_playing = gr.Markdown("Click a moment or a video name to play it.", elem_id="now-playing")
             with gr.Column(scale=2, elem_id="side"):
-                gr.Markdown("**How it works.** Add videos in *Library*; they are indexed in the background. "
-                            "*Search* finds moments by what is said, written on screen or shown; *Ask* answers "
-                            "with evidence. Click any moment to jump the player there.")
+                now_playing = gr.HTML(
+                    "<div class='np-head'><b>How it works.</b> Add videos in <i>Library</i>; they are indexed in "
+                    "the background. <i>Search</i> finds moments by what is said, written on screen or shown; "
+                    "<i>Ask</i> answers with evidence. Click any moment, or a video's name, to jump the player "
+                    "there; the moments of the playing video are listed here.</div>",
+                    label="Now playing", elem_id="now-playing")
         seek_request = gr.Textbox(label="Seek request", elem_id="seek-request", visible="hidden")
         seek_button = gr.Button("Load moment", elem_id="seek-button", visible="hidden")
 
@@ -647,7 +676,9 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
 
             with gr.Tab("Settings", id="settings") as settings_tab:
                 status = gr.Markdown(elem_id="status")
-                refresh_status = gr.Button("Refresh", elem_id="status-refresh")
+                with gr.Row():
+                    refresh_status = gr.Button("Refresh", elem_id="status-refresh")
+                    load_model = gr.Button("Load the answering model now", elem_id="load-model")
 
         library_sig = gr.State("")
 
@@ -675,6 +706,8 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
 
         settings_tab.select(user_errors(lambda: status_markdown(services)), None, status, api_name=False)
         refresh_status.click(user_errors(lambda: status_markdown(services)), None, status, api_name="status")
+        load_model.click(user_errors(lambda: (services.vlm(), status_markdown(services))[1]), None, status,
+                         api_name="load_model")
 
     served.demo = demo
     served.sync()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,13 +77,52 @@ def card_and_bikes(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def indexed_app(tmp_path_factory, card_and_bikes):
-    """The app over a library where both packaged clips were indexed by the real indexer."""
-    library_dir = tmp_path_factory.mktemp("ui-lib")
-    with running_app(library_dir) as (url, services, demo):
-        services.index_worker.submit([str(p) for p in card_and_bikes])
-        wait_for_index(services)
-        yield url, services, demo
+def app_server(tmp_path_factory):
+    """The app over an empty library on a free localhost port: (base_url, services, demo)."""
+    with running_app(tmp_path_factory.mktemp("ui-lib")) as server:
+        yield server
+
+
+@dataclass
+class IndexingRun:
+    """What the Library view showed while the packaged clips were indexed through it."""
+
+    folder: Path
+    snapshots: list[tuple[float, float | None, str]]  # (seconds since the click, bar percent, progress text)
+    final_table: str
+
+
+@pytest.fixture(scope="session")
+def indexing_run(app_server, browser, card_and_bikes) -> IndexingRun:
+    """Add the clips' folder in the Library view, record the progress display until every video is indexed."""
+    url, services, _demo = app_server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.fill("#add-path textarea", str(card_and_bikes[0].parent))
+    page.click("#add-button")
+    t0, snapshots = time.time(), []
+    table = ""
+    while time.time() - t0 < 240:
+        percent = page.evaluate("() => { const b = document.querySelector('#index-progress .progress-bar');"
+                                " return b ? parseFloat(b.dataset.percent) : null; }")
+        text = page.inner_text("#index-progress")
+        snapshots.append((time.time() - t0, percent, text))
+        table = page.inner_text("#videos")
+        if "Indexing" in text and len(snapshots) == 1:
+            screenshot(page, "library-indexing")
+        if table.count("indexed") >= len(card_and_bikes) and "Last indexing run" in text:
+            break
+        time.sleep(0.25)
+    screenshot(page, "library")
+    context.close()
+    return IndexingRun(card_and_bikes[0].parent, snapshots, table)
+
+
+@pytest.fixture(scope="session")
+def indexed_app(app_server, indexing_run):
+    """The app once both packaged clips are indexed (by the real indexer, through the Library view)."""
+    return app_server
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +153,18 @@ def screenshot(page, name: str) -> Path:
 
 def video_state(page) -> dict:
     return page.evaluate("""() => { const v = document.querySelector('#player video');
-        return v ? {src: decodeURIComponent(v.currentSrc || v.src), t: v.currentTime, ready: v.readyState} : null; }""")
+        return v ? {src: decodeURIComponent(v.currentSrc || v.src), t: v.currentTime, ready: v.readyState,
+                    seeking: v.seeking} : null; }""")
+
+
+def yellow_fraction(page) -> float:
+    """Share of the player's current frame that is the end card's yellow (drawn through a canvas)."""
+    return page.evaluate("""() => { const v = document.querySelector('#player video');
+        const c = document.createElement('canvas'); c.width = 192; c.height = 108;
+        const g = c.getContext('2d'); g.drawImage(v, 0, 0, c.width, c.height);
+        const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > 180 && d[i + 1] > 160 && d[i + 2] < 110) n++;
+        return n / (c.width * c.height); }""")
 
 
 def wait_for_seek(page, video_path: str, start: float, timeout: float = 20.0) -> dict:
@@ -122,7 +173,8 @@ def wait_for_seek(page, video_path: str, start: float, timeout: float = 20.0) ->
     state = None
     while time.time() < deadline:
         state = video_state(page)
-        if state and state["src"].endswith(video_path) and state["ready"] >= 1 and abs(state["t"] - start) <= 1.0:
+        if (state and state["src"].endswith(video_path) and state["ready"] >= 2 and not state["seeking"]
+                and abs(state["t"] - start) <= 1.0):
             return state
         time.sleep(0.1)
     raise AssertionError(f"player did not seek to {start:.2f} s of {video_path}: last state {state}")

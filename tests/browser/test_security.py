@@ -1,0 +1,86 @@
+"""Only the library's videos and thumbnails are served; every endpoint that takes a path refuses other paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from app import library_view as lv
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+OUTSIDE = ["/etc/passwd", "../../etc/passwd", "../../../../../../etc/passwd", "/etc", "~/.ssh/id_rsa"]
+
+
+def call(url: str, api_name: str, *data) -> tuple[str, str]:
+    """POST to a named event and read its result stream: ('complete' | 'error', payload text)."""
+    r = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": list(data)}, timeout=30)
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    body = httpx.get(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=60).text
+    kinds = [line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("event:")]
+    payload = "\n".join(line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("data:"))
+    return kinds[-1], payload
+
+
+def test_file_route_serves_library_videos_and_thumbnails_only(indexed_app):
+    url, services, _demo = indexed_app
+    lib = services.library.folder
+    video = next(v for v in lv.videos(services.library) if v.name == "a.mp4").path
+    thumb = next((lib / "thumbnails").rglob("*.jpg"))
+    assert httpx.get(f"{url}gradio_api/file={quote(video)}").status_code == 200
+    assert httpx.get(f"{url}gradio_api/file={quote(str(thumb))}").status_code == 200
+    refused = [
+        "/etc/passwd",
+        "../../etc/passwd",
+        quote("../../etc/passwd", safe=""),
+        f"{lib}/thumbnails/../../../../../../etc/passwd",
+        quote(f"{lib}/thumbnails/../../../../../../etc/passwd", safe=""),
+        f"{lib}/library.db",  # the library folder's database is not a served file
+        str(Path(__file__).resolve()),  # the working tree is not served
+        f"{Path(video).parent}/../../../etc/passwd",
+    ]
+    for path in refused:
+        r = httpx.get(f"{url}gradio_api/file={path}")
+        assert r.status_code in (403, 404), f"{path!r} was served: {r.status_code} {r.text[:80]!r}"
+        assert "root:" not in r.text
+
+
+@pytest.mark.parametrize("path", OUTSIDE)
+def test_every_handler_that_takes_a_path_refuses_outside_paths(indexed_app, path):
+    url, services, _demo = indexed_app
+    before = [(r.id, r.status) for r in lv.videos(services.library)]
+    checks = {
+        "load_moment": (json.dumps({"video": path, "start": 0}),),
+        "reindex": (path,),
+        "remove": (path,),
+        "add_path": (path,),
+        "search": ("thanks", [], path),
+        "ask": (f"what is in {path}?", path, []),
+        "upload": ([{"path": path, "meta": {"_type": "gradio.FileData"}}],),
+    }
+    for api_name, data in checks.items():
+        kind, payload = call(url, api_name, *data)
+        assert kind == "error", f"{api_name}({path!r}) was accepted: {payload[:300]}"
+        assert "root:" not in payload
+    assert [(r.id, r.status) for r in lv.videos(services.library)] == before
+
+
+def test_handler_messages_say_what_is_wrong(indexed_app):
+    url, services, _demo = indexed_app
+    # the same endpoints accept what is in the library (so the refusals above are the path checks at work)
+    video = next(v for v in lv.videos(services.library) if v.name == "a.mp4")
+    kind, payload = call(url, "load_moment", json.dumps({"video": video.id, "start": 2.5}))
+    assert kind == "complete" and "a.mp4" in payload, payload
+    kind, payload = call(url, "search", "thanks for watching", [], str(video.id))
+    assert kind == "complete" and "THANKS" in payload.upper(), payload[:300]
+    kind, payload = call(url, "load_moment", json.dumps({"video": "../../etc/passwd", "start": 0}))
+    assert kind == "error" and "not a video of this library" in payload, payload
+    kind, payload = call(url, "add_path", "../../etc/passwd")
+    assert kind == "error" and "not an absolute path" in payload, payload
+    kind, payload = call(url, "add_path", "/etc/passwd")
+    assert kind == "error" and "not a supported video file" in payload, payload
