@@ -299,15 +299,19 @@ def load_vlm(
     quantization: str = "auto",
     cache_bytes: int = 4 * GIB,
     library: str | Path | None = None,
+    reuse: bool = True,
     **chat_options,
 ):
-    """Load (once per model, quantization and device) and return a VideoChat; raise SightlineError saying why not."""
+    """Load (once per model, quantization and device) and return a VideoChat; raise SightlineError saying why not.
+
+    reuse=False loads a private copy (not shared, not kept): for callers that modify the model, like selfcheck.
+    """
     check_transformers()
     free = cuda_free_bytes()
     spec = resolve_setting(model, free)
     key = (spec.name, quantization, "cuda" if free is not None else "cpu", str(library))
     with _LOCK:
-        if key in _LOADED:
+        if reuse and key in _LOADED:
             return _LOADED[key]
         path = spec.name
         if spec.family == "tiny":
@@ -329,7 +333,8 @@ def load_vlm(
         from engine.chat import VideoChat
 
         chat = VideoChat(model_obj, processor, plan, cache_bytes=cache_bytes, library=library, **chat_options)
-        _LOADED[key] = chat
+        if reuse:
+            _LOADED[key] = chat
         return chat
 
 

@@ -1,0 +1,45 @@
+"""`python -m engine.selfcheck`: end to end on the tiny model; a real id offline fails with the clear message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import selfcheck
+
+
+def test_selfcheck_passes_end_to_end_on_the_tiny_model(tmp_path, capsys):
+    code = selfcheck.main(["--model", "tiny", "--library", str(tmp_path), "--max-new-tokens", "6"])
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and report["status"] == "PASS", out
+    assert "\nPASS\n" in out and "cache bytes/token latent" in out
+    cmp = report["compare"]
+    assert cmp["converted"] and cmp["tokens_equal"] and cmp["generated_tokens"] == 6
+    assert cmp["logit_rel_diff"] <= 1e-4
+    # measured from the allocated latent cache and equal to the model's own formula
+    assert cmp["latent_cache_bytes_per_token"] == cmp["latent_bytes_per_token_formula"] > 0
+    assert report["clip"]["frames"] == 8 and report["clip"]["timestamps"][0] == 0.0
+
+
+def test_selfcheck_with_a_real_id_offline_fails_clearly(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = selfcheck.main(["--model", "Qwen/Qwen3-VL-2B-Instruct"])
+    out = capsys.readouterr().out
+    assert code == 1 and "\nFAIL\n" in out
+    assert "cannot be downloaded" in out and "huggingface-cli download Qwen/Qwen3-VL-2B-Instruct" in out
+    code = selfcheck.main(["--model", "internvideo3", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["status"] == "FAIL" and "needs a CUDA GPU" in report["reason"]
+
+
+@pytest.mark.parametrize("bad", [["--quantization", "fp3"]])
+def test_selfcheck_rejects_bad_flags(bad):
+    with pytest.raises(SystemExit):
+        selfcheck.main(["--model", "tiny", *bad])
