@@ -484,6 +484,87 @@ class InternVideo3ForConditionalGeneration(Qwen3VLForConditionalGeneration):
         return gqa_bytes_per_token(self.config.text_config, dtype or self.dtype)
 
 
+# ------------------------------------------------------------------------------------------------- tiny builders
+
+
+def tiny_internvideo3_config(**text_overrides: Any) -> InternVideo3Config:
+    """The real layout with tiny widths, for tests and CPU benchmarks (only sizes differ from the 8B)."""
+    text = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        kv_lora_rank=24,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=16,
+        max_position_embeddings=32768,
+        rope_theta=10000.0,
+        rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    text.update(text_overrides)
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=4,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        out_hidden_size=text["hidden_size"],
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
+    return InternVideo3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=120,
+        video_token_id=121,
+        vision_start_token_id=122,
+        vision_end_token_id=123,
+    )
+
+
+def synthetic_video_inputs(
+    config: Any, frames: int, height: int, width: int, before=(2, 3, 4), question=(5, 6, 7, 8), seed: int = 0
+) -> dict:
+    """Processor-shaped inputs for one video in Qwen3-VL's layout: per frame pair a timestamp token,
+    <|vision_start|>, the video pads, <|vision_end|>; then the question. frames/height/width count patches
+    (frames = temporal patches x temporal_patch_size is not needed: `frames` is the grid's t)."""
+    v = config.vision_config
+    merge = v.spatial_merge_size
+    per = (height // merge) * (width // merge)
+    ids = list(before)
+    for t in range(frames):
+        ids += [10 + t % 100, config.vision_start_token_id] + [config.video_token_id] * per
+        ids += [config.vision_end_token_id]
+    ids += list(question)
+    gen = torch.Generator().manual_seed(seed)
+    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2
+    ids_t = torch.tensor([ids])
+    return {
+        "input_ids": ids_t,
+        "attention_mask": torch.ones_like(ids_t),
+        "pixel_values_videos": torch.randn(frames * height * width, patch, generator=gen),
+        "video_grid_thw": torch.tensor([[frames, height, width]]),
+    }
+
+
+def randomize_(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
+    """Random weights of a visible size (biases and norm weights too), so tests see every term."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std
+            p.copy_(1.0 + noise if "norm" in name else noise)
+    return model
+
+
 # ------------------------------------------------------------------------------------------------------- install
 
 M2LA_PROJECTIONS = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
