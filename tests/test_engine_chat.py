@@ -79,13 +79,26 @@ def test_captioner_gives_one_caption_per_clip_batched(chat, clips):
 def test_caption_fn_takes_raw_frames_of_any_size(chat):
     from engine.captioner import Captioner, fit_frames
 
-    frames = np.random.default_rng(0).integers(0, 255, (30, 720, 1280, 3), dtype=np.uint8)
-    times = [i / 3 for i in range(30)]
-    fitted, kept = fit_frames(frames, times)
-    assert len(fitted) <= 16 and fitted.shape[1] % 32 == 0 and fitted.shape[2] % 32 == 0
+    frames = np.random.default_rng(0).integers(0, 255, (20, 360, 640, 3), dtype=np.uint8)
+    times = [i / 3 for i in range(20)]
+    fitted, kept = fit_frames(frames, times, max_frames=8)
+    assert len(fitted) == 8 and fitted.shape[1] % 32 == 0 and fitted.shape[2] % 32 == 0
     assert kept[0] == 0.0 and kept[-1] == times[-1]
     fn = Captioner(chat, max_new_tokens=4).caption_fn()
     assert fn.model_name == chat.name
     out = fn.many([(frames[:4], times[:4]), (frames[4:9], times[4:9])])
     assert len(out) == 2 and all(isinstance(c, str) for c in out)
     assert isinstance(fn(frames[:2], times[:2]), str)
+
+
+def test_latent_generator_path_equals_plain_and_reuses_the_video_prefix(chat, clips):
+    """With engine/generate.py present, chat() goes through its prefix cache; answers equal the plain path."""
+    assert chat.describe()["generation"] == "latent-cache", chat.describe().get("latent_cache_unavailable")
+    clip = clips[1]
+    first = [{"role": "user", "content": "What happens?"}]
+    follow = [{"role": "user", "content": "Who is there?"}]
+    plain = [chat.decode(chat._plain(chat.inputs(m, [clip]), 8)[0]) for m in (first, follow)]
+    hits = chat.describe()["cache"].get("hits", 0)
+    assert chat.chat(first, [clip], max_new_tokens=8) == plain[0] and chat.last_path == "latent-cache"
+    assert chat.chat(follow, [clip], max_new_tokens=8) == plain[1]  # same video prefix: served from the cache
+    assert chat.describe()["cache"]["hits"] == hits + 1
