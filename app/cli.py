@@ -139,12 +139,17 @@ def ask(ctx: click.Context, question: str, video: str | None, as_json: bool) -> 
 @cli.command()
 @click.option("--host", default=None, help=help_of("host"))
 @click.option("--port", default=None, type=int, help=help_of("port"))
-@click.option("--share", is_flag=True, help="Also publish a temporary public Gradio link.")
-@click.option("--auth", default=None, help=help_of("auth"), envvar="SIGHTLINE_AUTH")
+@click.option("--share", is_flag=True,
+              help="Also publish a temporary public *.gradio.live link (set --auth when you do).")
+@click.option("--auth", default=None, help=help_of("auth"), envvar="SIGHTLINE_AUTH", show_envvar=True)
 @click.pass_context
 @_user_errors
 def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, auth: str | None) -> None:
-    """Start the web UI."""
+    """Start the web UI (http://127.0.0.1:7860 by default; only this machine can reach it).
+
+    --host 0.0.0.0 serves your network and --share adds a public link: protect both with --auth user:password.
+    Only the library's videos and thumbnails are served.
+    """
     from dataclasses import replace
 
     settings = replace(ctx.obj, **{k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v})

