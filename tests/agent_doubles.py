@@ -32,6 +32,7 @@ class FakeBackend:
         self._moments = [MomentHit(i + 1, vid, self._videos[vid].path, s, e, mod, text, 0.0)
                          for i, (vid, s, e, mod, text) in enumerate(moments)]
         self.clips: list[tuple[int, float, float, float]] = []
+        self.frame_side = 4  # pixels; raise it to make clips cost visual tokens
         self.searches: list[tuple[str, list | None]] = []
 
     def videos(self):
@@ -72,7 +73,7 @@ class FakeBackend:
         self.clips.append((video_id, start, end, fps))
         n = min(max_frames, max(1, int(round((end - start) * fps))))
         ts = [start + i / fps for i in range(n)]
-        return FakeClip(video_id, self._videos[video_id].path, np.zeros((n, 4, 4, 3), np.uint8), ts)
+        return FakeClip(video_id, self._videos[video_id].path, np.zeros((n, self.frame_side, self.frame_side, 3), np.uint8), ts)
 
 
 @dataclass

@@ -150,7 +150,7 @@ def test_step_budget_is_respected_and_the_answer_is_forced():
     assert len(tool_steps) == 4  # the first observation + 3 model calls
     assert any(s.title == "budget spent" for s in steps)
     forced = [c for c in model.calls if c["kind"] == "turn"][-1]
-    assert "budget of tool calls is spent" in forced["messages"][-1]["content"]
+    assert "budget for this question is spent" in forced["messages"][-1]["content"]
     assert result.mode == "agent" and result.answer
 
 
@@ -172,6 +172,18 @@ def test_context_token_budget_elides_old_results_then_forces_the_answer():
     assert len(turn_calls) > 4  # old results were elided so the loop could go on past what fits unelided
     assert any("elided" in m["content"] for m in turn_calls[-1]["messages"])
     assert "ran out of steps" in result.answer  # the model never called finish
+
+
+def test_frames_count_against_the_token_budget():
+    backend = two_video_backend()
+    backend.frame_side = 640  # 32 frames at 640x640: 16 pairs x (20 x 20 + 9) = 6544 visual tokens
+    model = ScriptedChat([call("inspect", video=1, start=0, end=16), call("finish", answer="x", evidence=[])])
+    steps = []
+    answer("red van", backend, model, on_step=steps.append, budget=Budget(max_context_tokens=4000))
+    assert any(s.title == "context budget spent" for s in steps), [s.title for s in steps]
+    turns = [c for c in model.calls if c["kind"] == "turn"]
+    assert all(c["clips"] == [] for c in turns)  # the frames that would not fit were never sent
+    assert "budget for this question is spent" in turns[-1]["messages"][-1]["content"]
 
 
 def test_repeated_call_is_answered_from_memory_not_rerun():

@@ -66,7 +66,7 @@ def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_c
     turns = [c for c in model.calls if "You check claims" not in c["messages"][0]["content"]]
     # the first search is the loop's own observation; the model had max_steps - 1 turns, then the forced one
     assert len(turns) == (budget.max_steps - 1) + 1
-    assert "budget of tool calls is spent" in turns[-1]["messages"][-1]["content"]
+    assert "budget for this question is spent" in turns[-1]["messages"][-1]["content"]
     assert any(s.title == "budget spent" for s in steps)
     assert all(c["max_new_tokens"] <= budget.max_new_tokens for c in turns)
     # verify ran on real frames of the cited windows, at >= 2 fps, capped at the frame budget

@@ -78,6 +78,16 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+def clip_tokens(clip) -> int:
+    """Qwen3-VL's count for a clip: one token per 32x32 pixels per frame pair, plus ~9 text tokens per pair."""
+    frames = getattr(clip, "frames", None)
+    if frames is None or getattr(frames, "ndim", 0) != 4:
+        return 0
+    t, h, w = frames.shape[:3]
+    pairs = (t + 1) // 2
+    return pairs * (max(h // 32, 1) * max(w // 32, 1) + 9)
+
+
 @dataclass
 class Context:
     question: str
@@ -138,4 +148,6 @@ class Context:
         return step
 
     def context_tokens(self) -> int:
-        return sum(estimate_tokens(m["content"]) for m in self.messages)
+        """Estimated tokens of the next model turn: every message plus the frames shown with it."""
+        return (sum(estimate_tokens(m["content"]) for m in self.messages)
+                + sum(clip_tokens(c) for c in self.pending_clips))

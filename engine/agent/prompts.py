@@ -21,7 +21,7 @@ Rules:
 - When you know the answer, call finish:
 <tool_call>{{"name": "finish", "arguments": {{"answer": "one or two sentences", "evidence": [{{"moment": 12}}]}}}}</tool_call>"""
 
-FORCE_FINISH = ("Your budget of tool calls is spent. Do not call any other tool. Call finish now with your best "
+FORCE_FINISH = ("Your budget for this question is spent. Do not call any other tool. Call finish now with your best "
                 "answer and the moments (from the results above) that support it.")
 
 NO_CALL = ("Your message had no tool call. Make exactly one call in <tool_call> tags, or call finish if you know "
