@@ -175,6 +175,60 @@ def tiny_model_dir(folder: str | Path, seed: int = 0) -> Path:
     return out
 
 
+# The remote-code file of the tiny InternVideo3 folder: the real checkpoint ships its modeling code and an
+# auto_map; ours re-exports engine-m2la's classes, so loading goes through trust_remote_code like the real one.
+_REMOTE_CODE = '''"""Tiny InternVideo3 for Sightline's tests: remote code that re-exports engine/models/internvideo3.py."""
+from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration  # noqa: F401
+'''
+IV3_NAME = "tiny-internvideo3"
+
+
+def tiny_internvideo3_dir(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny InternVideo3 (Qwen3-VL with M2LA attention) folder loaded with trust_remote_code, like the real one.
+
+    Same tokenizer, vision tower and processor as the tiny Qwen3-VL; text attention from engine-m2la's
+    InternVideo3ForConditionalGeneration (stock mode: the model's own expanded-K/V cache) with random weights.
+    """
+    out = Path(folder) / IV3_NAME
+    marker = out / "sightline_tiny.json"
+    with _lock:
+        if marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
+            return out
+        from transformers import GenerationConfig
+
+        from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration, randomize_
+
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer = build_tokenizer()
+        base = tiny_config(tokenizer).to_dict()
+        text = dict(base["text_config"], kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16)
+        for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
+            text.pop(key, None)
+        ids = {k: base[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+        vision = {k: v for k, v in base["vision_config"].items() if k not in ("model_type", "transformers_version")}
+        config = InternVideo3Config(
+            text_config=text,
+            vision_config=vision,
+            bos_token_id=text["bos_token_id"],
+            eos_token_id=text["eos_token_id"],
+            pad_token_id=text["pad_token_id"],
+            **ids,
+        )
+        config.auto_map = {
+            "AutoConfig": "modeling_internvideo3_tiny.InternVideo3Config",
+            "AutoModelForCausalLM": "modeling_internvideo3_tiny.InternVideo3ForConditionalGeneration",
+        }
+        model = randomize_(InternVideo3ForConditionalGeneration(config), std=0.05, seed=seed).eval()
+        model.generation_config = GenerationConfig(
+            eos_token_id=[text["eos_token_id"], text["pad_token_id"]], pad_token_id=text["pad_token_id"], do_sample=False
+        )
+        model.save_pretrained(out, safe_serialization=True)
+        (out / "modeling_internvideo3_tiny.py").write_text(_REMOTE_CODE)
+        build_processor(tokenizer).save_pretrained(out)
+        marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    return out
+
+
 def tiny_video_chat(folder: str | Path, quantization: str = "bf16", **kwargs):
     """The tiny model loaded through the real loading code (engine.loading) as a VideoChat."""
     from engine.loading import load_vlm

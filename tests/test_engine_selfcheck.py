@@ -43,3 +43,17 @@ def test_selfcheck_with_a_real_id_offline_fails_clearly(monkeypatch, tmp_path, c
 def test_selfcheck_rejects_bad_flags(bad):
     with pytest.raises(SystemExit):
         selfcheck.main(["--model", "tiny", *bad])
+
+
+def test_selfcheck_on_the_internvideo3_layout_needs_no_conversion(tmp_path, capsys):
+    from engine.tiny import tiny_internvideo3_dir
+
+    folder = tiny_internvideo3_dir(tmp_path)
+    code = selfcheck.main(["--model", str(folder), "--max-new-tokens", "6", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["status"] == "PASS", report
+    cmp = report["compare"]
+    assert not cmp["converted"] and cmp["tokens_equal"]
+    # stock M2LA caches expanded per-head K/V; the latent cache holds r + d_r = 48 floats per token per layer
+    assert cmp["latent_cache_bytes_per_token"] == 2 * 48 * 4 == cmp["latent_bytes_per_token_formula"]
+    assert cmp["original_cache_bytes_per_token"] == 2 * 4 * (32 + 16) * 4  # 2 layers, 4 heads, K 32 + V 16, fp32
