@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.agent.context import VideoInfo
-from engine.agent.prompts import VERIFY_SYSTEM
+from engine.agent.prompts import INSPECT_SYSTEM, VERIFY_SYSTEM
 from storage.errors import SightlineError
 from storage.search import MomentHit
 
@@ -78,18 +78,22 @@ class FakeBackend:
 
 @dataclass
 class ScriptedChat:
-    """A model that replays given assistant turns; verify calls get `verdicts` in order (default 'NO')."""
+    """A model that replays given assistant turns; verify calls get `verdicts` in order (default 'NO'),
+    inspect calls get `descriptions` in order."""
 
     turns: list[str]
     verdicts: list[str] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)  # every chat call: messages, clips, kind
     name: str = "scripted"
 
     def chat(self, messages, clips=(), max_new_tokens=512):
-        kind = "verify" if messages[0]["content"] == VERIFY_SYSTEM else "turn"
+        kind = {VERIFY_SYSTEM: "verify", INSPECT_SYSTEM: "inspect"}.get(messages[0]["content"], "turn")
         self.calls.append({"kind": kind, "messages": [dict(m) for m in messages], "clips": list(clips)})
         if kind == "verify":
             return self.verdicts.pop(0) if self.verdicts else "NO, nothing like that is shown."
+        if kind == "inspect":
+            return self.descriptions.pop(0) if self.descriptions else "A street; nothing else of note."
         return self.turns.pop(0) if self.turns else "I have nothing more to add."
 
     def verify_calls(self) -> list[dict]:

@@ -179,10 +179,10 @@ def test_frames_count_against_the_token_budget():
     backend.frame_side = 640  # 32 frames at 640x640: 16 pairs x (20 x 20 + 9) = 6544 visual tokens
     model = ScriptedChat([call("inspect", video=1, start=0, end=16), call("finish", answer="x", evidence=[])])
     steps = []
-    answer("red van", backend, model, on_step=steps.append, budget=Budget(max_context_tokens=4000))
-    assert any(s.title == "context budget spent" for s in steps), [s.title for s in steps]
+    answer("red van", backend, model, on_step=steps.append, budget=Budget(max_total_tokens=6000))
+    assert any(s.title == "token budget spent" for s in steps), [s.title for s in steps]
     turns = [c for c in model.calls if c["kind"] == "turn"]
-    assert all(c["clips"] == [] for c in turns)  # the frames that would not fit were never sent
+    assert len(turns) == 2  # the turn that asked for inspect, then the forced answer: no turn in between
     assert "budget for this question is spent" in turns[-1]["messages"][-1]["content"]
 
 
@@ -194,17 +194,25 @@ def test_repeated_call_is_answered_from_memory_not_rerun():
     assert any("already made this call" in s.observation for s in steps)
 
 
-def test_inspect_shows_frames_of_the_window_to_the_next_turn_at_two_fps_or_more():
+def test_inspect_has_the_model_watch_the_window_at_two_fps_or_more():
     turns = [call("inspect", video=1, start=10, end=60, fps=0.5), call("search", query="red van"),
              call("finish", answer="x", evidence=[{"moment": 1}])]
-    _result, model, _, steps = _run(turns, verdicts=["YES"])
-    turn_calls = [c for c in model.calls if c["kind"] == "turn"]
-    [clip] = turn_calls[1]["clips"]  # shown with the observation that follows the inspect call
+    backend = two_video_backend()
+    model = ScriptedChat(turns, ["YES"], ["At 12.0 s a red van drives past."])
+    steps = []
+    answer("when is the red van seen", backend, model, on_step=steps.append)
+    [watch] = [c for c in model.calls if c["kind"] == "inspect"]
+    [clip] = watch["clips"]
     assert clip.video_id == 1 and clip.timestamps[0] == pytest.approx(10.0)
     assert clip.timestamps[1] - clip.timestamps[0] == pytest.approx(0.5)  # fps raised to 2
     assert clip.timestamps[-1] <= 10.0 + 16.0  # shortened to the frame cap, and it says so
-    assert "shortened" in steps[1].observation
-    assert turn_calls[2]["clips"] == []  # frames are shown once, then only the model's notes remain
+    assert "when is the red van seen" in watch["messages"][-1]["content"]  # it looks with the question in mind
+    inspect_step = next(s for s in steps if s.tool == "inspect")
+    assert "shortened" in inspect_step.observation and "At 12.0 s a red van" in inspect_step.observation
+    # what the model saw enters the evolving context; the reasoning turns themselves stay text
+    turn_calls = [c for c in model.calls if c["kind"] == "turn"]
+    assert "At 12.0 s a red van" in turn_calls[1]["messages"][-1]["content"]
+    assert all(c["clips"] == [] for c in turn_calls)
 
 
 def test_memory_of_checked_things_travels_with_each_observation():

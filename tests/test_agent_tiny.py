@@ -87,3 +87,25 @@ def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_c
             assert any(s.tool == "verify" and "SUPPORTED." in s.observation and "NOT" not in s.observation
                        for s in steps)
     assert result.to_dict()["mode"] == "agent"
+
+
+def test_tiny_model_inspect_and_verify_watch_real_frames_of_the_window(tiny_chat, bikes_library):
+    from engine.agent.context import Context
+    from engine.agent.tools import call_tool
+
+    library, video_id = bikes_library
+    model = Recording(tiny_chat)
+    ctx = Context("where is the taxi sign?", LibraryTools(library, None), model, Budget(inspect_max_frames=12))
+    obs = call_tool(ctx, "inspect", {"video": video_id, "start": 4, "end": 40, "fps": 1})
+    assert not obs.error, obs.text
+    [clip] = model.calls[-1]["clips"]
+    # snapped into the 10 s video, fps raised to 2, shortened to the frame cap; times from the file's PTS
+    assert clip.timestamps[0] == pytest.approx(4.0, abs=0.05) and clip.timestamps[-1] <= 10.0
+    assert len(clip.timestamps) <= 12 and all(0.45 <= b - a <= 0.55 for a, b in
+                                              zip(clip.timestamps, clip.timestamps[1:]))
+    assert "Watched video" in obs.text and "What the frames show:" in obs.text
+    obs = call_tool(ctx, "verify", {"claim": "a taxi sign is visible", "video": video_id, "start": 5.5, "end": 7.5})
+    assert not obs.error and obs.text.startswith(f"Verify video {video_id} 5.5-7.5 s:"), obs.text
+    assert ctx.verdicts and ctx.tokens_spent > 0
+    # the verifier was also shown what the index heard/read there
+    assert "TAXI" in model.calls[-1]["messages"][-1]["content"]

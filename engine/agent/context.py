@@ -41,6 +41,7 @@ class Budget:
 
     max_steps: int = 8  # tool calls the model may make (malformed turns count too)
     max_context_tokens: int = 24_000  # estimated size of the evolving context; old results are elided first
+    max_total_tokens: int = 200_000  # estimated tokens read and written by all model calls (frames included)
     max_new_tokens: int = 512  # per model turn
     final_verifications: int = 3  # windows the agent re-checks itself at the end before citing them
     inspect_max_frames: int = 32  # frames per inspect/verify window (>= 2 fps, so windows are <= 16 s at 2 fps)
@@ -97,7 +98,6 @@ class Context:
     video_id: int | None = None  # the question's scope; None = the whole library
     on_step: Callable[[Step], None] | None = None
     messages: list[dict] = field(default_factory=list)
-    pending_clips: list = field(default_factory=list)  # shown with the next model turn, then dropped
     memory: list[str] = field(default_factory=list)  # one line per thing already checked
     seen: dict[int, Any] = field(default_factory=dict)  # moment id -> the moment a tool returned
     verdicts: list[Verdict] = field(default_factory=list)
@@ -105,6 +105,7 @@ class Context:
     steps: list[Step] = field(default_factory=list)
     tool_calls: int = 0
     model_turns: int = 0
+    tokens_spent: int = 0  # estimated, over every model call of this question (text, frames and replies)
     _videos: dict[int, VideoInfo] = field(default_factory=dict)
 
     # --- videos -------------------------------------------------------------------------------------------
@@ -148,6 +149,13 @@ class Context:
         return step
 
     def context_tokens(self) -> int:
-        """Estimated tokens of the next model turn: every message plus the frames shown with it."""
-        return (sum(estimate_tokens(m["content"]) for m in self.messages)
-                + sum(clip_tokens(c) for c in self.pending_clips))
+        """Estimated tokens of the evolving context (the next reasoning turn's prompt)."""
+        return sum(estimate_tokens(m["content"]) for m in self.messages)
+
+    def model_call(self, messages: list[dict], clips: Sequence = (), max_new_tokens: int = 512) -> str:
+        """One call of the model, counted against the question's token budget."""
+        reply = self.vlm.chat(messages, clips=list(clips), max_new_tokens=max_new_tokens)
+        self.model_turns += 1
+        self.tokens_spent += (sum(estimate_tokens(m["content"]) for m in messages)
+                              + sum(clip_tokens(c) for c in clips) + estimate_tokens(reply))
+        return reply

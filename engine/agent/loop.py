@@ -81,9 +81,7 @@ def _compact(ctx: Context) -> None:
 
 
 def _model_turn(ctx: Context) -> str:
-    reply = ctx.vlm.chat(ctx.messages, clips=ctx.pending_clips, max_new_tokens=ctx.budget.max_new_tokens)
-    ctx.pending_clips = []
-    ctx.model_turns += 1
+    reply = ctx.model_call(ctx.messages, (), ctx.budget.max_new_tokens)
     ctx.messages.append({"role": "assistant", "content": reply})
     return reply
 
@@ -137,6 +135,11 @@ def _loop(ctx: Context) -> AgentResult:
                      observation=f"The context holds about {ctx.context_tokens()} tokens; the budget is "
                                  f"{budget.max_context_tokens}.")
             break
+        if ctx.tokens_spent >= budget.max_total_tokens:
+            ctx.emit("note", "token budget spent",
+                     observation=f"Model calls have used about {ctx.tokens_spent} tokens; the budget is "
+                                 f"{budget.max_total_tokens}.")
+            break
         parsed = parse_turn(_model_turn(ctx), tool_names)
         if parsed.call is None:
             ctx.tool_calls += 1  # a turn without a usable call still spends a step, so a confused model ends
@@ -164,7 +167,6 @@ def _loop(ctx: Context) -> AgentResult:
         if parsed.extra_calls:
             obs_text += f"\n(Only your first call ran; {parsed.extra_calls} more were ignored. One call per turn.)"
         ctx.emit("error" if error else "tool", _title(name, args), name, args, parsed.reasoning, obs_text)
-        ctx.pending_clips = list(obs.clips) if obs is not None else []
         ctx.messages.append({"role": "user", "content": prompts.with_memory(
             obs_text, ctx.memory, budget.max_steps - ctx.tool_calls)})
     if final is None:
@@ -180,7 +182,6 @@ def _loop(ctx: Context) -> AgentResult:
 def _forced_finish(ctx: Context, tool_names: frozenset[str]) -> dict:
     """Budget spent: ask once more for finish; take its answer, or the model's own words when it will not."""
     ctx.emit("note", "budget spent", observation=f"{ctx.tool_calls} tool calls made; asking for the final answer.")
-    ctx.pending_clips = []
     ctx.messages.append({"role": "user", "content": prompts.FORCE_FINISH})
     _compact(ctx)
     reply = _model_turn(ctx)

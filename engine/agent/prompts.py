@@ -27,6 +27,10 @@ FORCE_FINISH = ("Your budget for this question is spent. Do not call any other t
 NO_CALL = ("Your message had no tool call. Make exactly one call in <tool_call> tags, or call finish if you know "
            "the answer.")
 
+INSPECT_SYSTEM = ("You describe video for an analyst. You are shown frames of one window of a video, each with its "
+                  "time in seconds. Say briefly and factually what is seen that matters for the question: people, "
+                  "objects, actions, on-screen text, and at what times.")
+
 VERIFY_SYSTEM = ("You check claims against video. You are shown frames of one window of a video, each with its time "
                  "in seconds, and what the index heard and read there. Reply with YES if what is shown supports "
                  "the claim, NO if it does not, then one short sentence saying why.")
@@ -49,6 +53,11 @@ def videos_block(videos: list, scope: int | None, limit: int = 20) -> str:
 def question_turn(question: str, videos: str, first_results: str) -> str:
     return (f"Question: {question}\n\n{videos}\n\nA first search for the question found:\n{first_results}\n\n"
             "Decide what to check next and make one tool call.")
+
+
+def inspect_prompt(question: str, video_id: int, start: float, end: float) -> str:
+    return (f"Video {video_id}, {start:.1f}-{end:.1f} seconds: the frames are shown above.\n"
+            f"The question being answered: {question}\nWhat in these frames matters for it? Give times in seconds.")
 
 
 def verify_prompt(claim: str, video_id: int, start: float, end: float, lines: list[str]) -> str:

@@ -19,13 +19,14 @@ from pathlib import Path
 from engine.agent.context import Context, Verdict
 from engine.agent.evidence import MODALITIES, parse_seconds, snap
 from engine.agent.parsing import strip_thinking
-from engine.agent.prompts import VERIFY_SYSTEM, verify_prompt
+from engine.agent.prompts import INSPECT_SYSTEM, VERIFY_SYSTEM, inspect_prompt, verify_prompt
 from storage.errors import SightlineError
 
 log = logging.getLogger(__name__)
 
 MIN_FPS, MAX_FPS = 2.0, 8.0  # inspect and verify look denser than the 1 fps index, never below 2 fps
 SEARCH_K = 8
+INSPECT_TOKENS = 200  # a description of a window, not an essay
 LINES_PER_RESULT = 40
 
 
@@ -34,7 +35,7 @@ class Observation:
     """A tool result: the text the model reads, frames to show it, and moments it may now cite."""
 
     text: str
-    clips: list = field(default_factory=list)
+    clips: list = field(default_factory=list)  # frames the model watched for this result
     moments: list = field(default_factory=list)
     final: dict | None = None  # set by finish: {"answer": str, "evidence": list}
     error: bool = False
@@ -114,8 +115,7 @@ def run_verify(ctx: Context, claim: str, video: int, start: float, end: float) -
     ctx.remember_moments(heard)
     messages = [{"role": "system", "content": VERIFY_SYSTEM},
                 {"role": "user", "content": verify_prompt(claim, info.id, s, e, [_line(m) for m in heard])}]
-    reply = ctx.vlm.chat(messages, clips=[clip], max_new_tokens=64)
-    ctx.model_turns += 1
+    reply = ctx.model_call(messages, [clip], max_new_tokens=64)
     said = _verdict(reply)
     verdict = Verdict(info.id, s, e, claim, bool(said), reply.strip(), unclear=said is None)
     ctx.verdicts.append(verdict)
@@ -146,15 +146,20 @@ def search(ctx: Context, query: str, modality: str | None = None, video: int | N
 
 
 def inspect(ctx: Context, video: int, start: float, end: float, fps: float = 2.0) -> Observation:
-    """Look at the frames of a window of a video (seconds, at least 2 fps); they are shown to you in the next turn."""
+    """Watch the frames of a window of a video (seconds, at least 2 fps) and get what they show, with times."""
     if ctx.vlm is None:
         raise ToolError("inspect needs a loaded video model.")
     info, s, e, fps, clip, note = _clip_for(ctx, video, start, end, fps)
     n = len(getattr(clip, "timestamps", []) or [])
+    # A call of its own, frames first: the conversation stays text and the (system, video) prefix is the same
+    # for every question about this window, so the engine's per-video cache can serve it again.
+    messages = [{"role": "system", "content": INSPECT_SYSTEM},
+                {"role": "user", "content": inspect_prompt(ctx.question, info.id, s, e)}]
+    seen = strip_thinking(ctx.model_call(messages, [clip], max_new_tokens=INSPECT_TOKENS))[0].strip()
     ctx.memory.append(f"inspect video {info.id} {s:.1f}-{e:.1f} s ({n} frames)")
-    return Observation(f"The frames of video {info.id} ({Path(info.path).name}) from {s:.1f} to {e:.1f} s are shown "
-                       f"with this message ({n} frames at {fps:g} fps, each with its time in seconds).{note} Say "
-                       "what you see that matters for the question, then make your next call.", clips=[clip])
+    return Observation(f"Watched video {info.id} ({Path(info.path).name}) {s:.1f}-{e:.1f} s, {n} frames at "
+                       f"{fps:g} fps.{note} What the frames show: {seen or '(nothing was said)'}\n"
+                       "Times seen here are not evidence yet: verify a window before citing it.", clips=[clip])
 
 
 def _moment_lines(ctx: Context, kind: str, modality: str, video: int, start: float, end: float) -> Observation:
