@@ -23,7 +23,8 @@ def test_clicking_a_search_result_seeks_the_player_to_its_start(indexed_app, pag
     assert start >= 1.0, f"the card appears about 2 s in; a start of {start} would not show the seek"
     # the result shows a real thumbnail served from the library
     assert first.locator("img").count() == 1
-    assert page.evaluate("(el) => el.naturalWidth", first.locator("img").element_handle()) > 0
+    page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=first.locator("img").element_handle(),
+                           timeout=10_000)
     first.click()
     state = wait_for_seek(page, video, start)
     assert abs(state["t"] - start) <= 1.0
