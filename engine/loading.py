@@ -206,6 +206,14 @@ def read_config(spec: ModelSpec) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def auto_map_of(spec: ModelSpec) -> dict | None:
+    """The config's auto_map (remote-code class names), read without running any remote code."""
+    try:
+        return read_config(spec).get("auto_map")
+    except SightlineError:
+        return None
+
+
 def _quantization_config(plan: LoadPlan):
     import torch
     from transformers import BitsAndBytesConfig
@@ -240,11 +248,28 @@ def load_weights(plan: LoadPlan, path: str):
     qconfig = _quantization_config(plan)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-    # InternVideo3's README loads through AutoModelForCausalLM (remote code); stock Qwen3-VL is image-text-to-text.
-    auto = AutoModelForCausalLM if plan.spec.family == "internvideo3" else AutoModelForImageTextToText
+    auto = AutoModelForImageTextToText
+    if plan.spec.family == "internvideo3":
+        # InternVideo3's README loads through AutoModelForCausalLM (remote code); follow its auto_map otherwise.
+        auto_map = (auto_map_of(plan.spec) or {}).keys()
+        if "AutoModelForCausalLM" in auto_map or "AutoModelForImageTextToText" not in auto_map:
+            auto = AutoModelForCausalLM
     try:
         model, info = auto.from_pretrained(path, **kwargs)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=plan.spec.trust_remote_code)
+    except torch.cuda.OutOfMemoryError:
+        raise SightlineError(
+            f"Not enough GPU memory for {plan.spec.name} in {plan.quantization}: the GPU ran out while loading "
+            f"(estimate {_gib(plan.need_bytes)}, {_gib(plan.free_bytes)} was free).",
+            hint="Use quantization=nf4, close other programs using the GPU, or pick a smaller model.",
+        ) from None
+    except ImportError as err:
+        # bitsandbytes missing, or remote code asking for packages (flash_attn, qwen_vl_utils, ...)
+        raise SightlineError(
+            f"{plan.spec.name} cannot load: {err}",
+            hint="Install the missing package into Sightline's environment (pip install <package>) and retry, or "
+            "use quantization=bf16 if bitsandbytes is what is missing.",
+        ) from None
     except OSError as err:
         if plan.spec.local:
             raise SightlineError(

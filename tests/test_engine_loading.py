@@ -264,3 +264,28 @@ def test_internvideo3_nf4_on_cpu_keeps_kv_b_proj_dense(iv3_dir, tmp_path):
 def test_internvideo3_nf4_on_cpu_uses_the_latent_cache(iv3_dir, tmp_path):
     chat = load_vlm(str(iv3_dir), quantization="nf4", library=tmp_path)
     assert chat.describe()["generation"] == "latent-cache", chat.describe().get("latent_cache_unavailable")
+
+
+def test_remote_code_needing_a_missing_package_is_a_clear_error(iv3_dir, tmp_path):
+    folder = tmp_path / "needs-package"
+    shutil.copytree(iv3_dir, folder)
+    code = folder / "modeling_internvideo3_tiny.py"
+    code.write_text("import sightline_missing_kernels  # noqa\n" + code.read_text())
+    with pytest.raises(SightlineError, match="sightline_missing_kernels") as err:
+        load_vlm(str(folder), quantization="bf16")
+    assert "pip install" in err.value.hint
+
+
+def test_gpu_running_out_while_loading_is_the_memory_error(tiny_dir, fake_gpu, monkeypatch):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    fake_gpu(free_gib=40.0)
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", oom)
+    with pytest.raises(SightlineError, match="Not enough GPU memory") as err:
+        load_vlm(str(tiny_dir), quantization="bf16")
+    assert "40.0 GiB was free" in err.value.message and "nf4" in err.value.hint
