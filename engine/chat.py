@@ -94,8 +94,8 @@ class VideoChat:
                     content.append({"type": "text", "text": "\n"})
                 content.append({"type": "text", "text": m["content"]})
                 out.append({"role": "user", "content": content})
-            else:
-                out.append({"role": m["role"], "content": [{"type": "text", "text": m["content"]}]})
+            else:  # plain strings: every Qwen chat template (and remote ones) accepts them for any role
+                out.append({"role": m["role"], "content": m["content"]})
         return out
 
     def prompt_text(self, messages: list[dict], clips: Sequence[Clip] = ()) -> str:
