@@ -445,8 +445,14 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
     # handlers ---------------------------------------------------------------------------------------------------
 
     def refresh_library(last_sig):
-        rows = lv.videos(library)
-        p = lv.progress(library)
+        """Timer tick: redraw progress, the video table and the video pickers, only when something changed."""
+        try:
+            rows, p = lv.videos(library), lv.progress(library)
+        except Exception as err:  # noqa: BLE001 - a poll: log it, keep what is on screen, try again next tick
+            from app.logs import log_exception
+
+            log_exception(err)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_sig
         sig = json.dumps([(r.id, r.status, r.moments, r.error, r.stages) for r in rows]
                          + [p.files_done, p.media_done, p.status, worker.busy, worker.last_event,
                             worker.last_message])
@@ -545,17 +551,21 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         served.sync()
         row = next((r for r in lv.videos(library) if r.path == str(path)), None)
         listing = now_playing_html(path, lv.moments_of(library, row.id) if row else [], row.duration if row else None)
-        return gr.update(value=str(path), playback_position=max(0.0, start)), listing
+        return gr.update(value=str(path), playback_position=max(0.0, start)), listing, (row.id if row else None)
 
     @user_errors
-    def run_search(query, modalities, scope):
+    def run_search(query, modalities, scope, playing=None):
         hits = [h.to_dict() for h in services.search(query, k=SEARCH_K, modalities=modalities or None,
                                                     video=scope or None)]
         film = moments_html(hits, "filmstrip", "No moments match. Try other words or fewer filters.")
         timeline = gr.update(value=None, label="Relevance over the video")
-        video_id = int(scope) if scope else (hits[0]["video_id"] if hits else None)
+        # the timeline is drawn over the chosen video, else the one in the player, else the best hit's
+        rows = {r.id: r for r in lv.videos(library)}
+        if not scope and playing not in rows:
+            playing = None  # removed since it was played
+        video_id = int(scope) if scope else (playing or (hits[0]["video_id"] if hits else None))
         if video_id is not None:
-            row = next((r for r in lv.videos(library) if r.id == video_id), None)
+            row = rows.get(video_id)
             scoped = [h.to_dict() for h in services.search(query, k=500, modalities=modalities or None,
                                                           video=str(video_id))]
             duration = (row.duration if row and row.duration else 0.0)
@@ -611,8 +621,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         history.append({"role": "assistant", "content": result.answer or "(no answer)"})
         yield history, "", moments_html(evidence, "chips", "No evidence was cited.")
 
-    def answer_fn(question, video, on_step):
-        return _gpu(services.ask)(question, video=video, on_step=on_step)
+    answer_fn = _gpu(lambda question, video, on_step: services.ask(question, video=video, on_step=on_step))
 
     # layout -------------------------------------------------------------------------------------------------------
 
@@ -644,7 +653,8 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                 progress = gr.HTML(label="Indexing progress", elem_id="index-progress")
                 videos_table = gr.HTML(label="Videos", elem_id="videos")
                 with gr.Row():
-                    video_pick = gr.Dropdown(label="Video", elem_id="video-pick", choices=[], scale=3)
+                    video_pick = gr.Dropdown(label="Video", elem_id="video-pick", choices=[], scale=3,
+                                             allow_custom_value=True)  # API callers pass ids; handlers check them
                     reindex_button = gr.Button("Re-index", elem_id="reindex-button", scale=1)
                     remove_button = gr.Button("Remove from library", elem_id="remove-button", variant="stop",
                                               scale=1)
@@ -652,7 +662,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
 
             with gr.Tab("Ask", id="ask"):
                 ask_scope = gr.Dropdown(label="Ask about", elem_id="ask-scope", choices=[("Whole library", "")],
-                                        value="")
+                                        value="", allow_custom_value=True)
                 chat = gr.Chatbot(label="Answer", elem_id="chat", height=380)
                 with gr.Row():
                     question = gr.Textbox(label="Question", elem_id="question", scale=5,
@@ -668,7 +678,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                 with gr.Row():
                     modalities = gr.CheckboxGroup(MODALITY_CHOICES, label="Only these kinds", elem_id="modality")
                     search_scope = gr.Dropdown(label="In", elem_id="search-scope", choices=[("All videos", "")],
-                                               value="")
+                                               value="", allow_custom_value=True)
                 search_summary = gr.Markdown(elem_id="search-summary")
                 filmstrip = gr.HTML(label="Moments", elem_id="filmstrip")
                 timeline = gr.LinePlot(x="time (s)", y="relevance", label="Relevance over the video",
@@ -681,6 +691,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                     load_model = gr.Button("Load the answering model now", elem_id="load-model")
 
         library_sig = gr.State("")
+        playing = gr.State(None)  # id of the video in the player
 
         # wiring ---------------------------------------------------------------------------------------------------
 
@@ -693,12 +704,12 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         reindex_button.click(reindex, video_pick, library_message, api_name="reindex")
         remove_button.click(remove, video_pick, library_message, api_name="remove")
 
-        seek_button.click(load_moment, seek_request, [player, now_playing], api_name="load_moment",
+        seek_button.click(load_moment, seek_request, [player, now_playing, playing], api_name="load_moment",
                           js="(r) => window.sightline ? window.sightline.request() : r")
 
-        search_button.click(run_search, [search_box, modalities, search_scope],
+        search_button.click(run_search, [search_box, modalities, search_scope, playing],
                             [filmstrip, timeline, search_summary], api_name="search")
-        search_box.submit(run_search, [search_box, modalities, search_scope],
+        search_box.submit(run_search, [search_box, modalities, search_scope, playing],
                           [filmstrip, timeline, search_summary], api_name=False)
 
         ask_button.click(ask, [question, ask_scope, chat], [chat, question, evidence], api_name="ask")

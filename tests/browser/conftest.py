@@ -102,15 +102,15 @@ def indexing_run(app_server, browser, card_and_bikes) -> IndexingRun:
     page.fill("#add-path textarea", str(card_and_bikes[0].parent))
     page.click("#add-button")
     t0, snapshots = time.time(), []
-    table = ""
+    table, shot = "", None
     while time.time() - t0 < 240:
         percent = page.evaluate("() => { const b = document.querySelector('#index-progress .progress-bar');"
                                 " return b ? parseFloat(b.dataset.percent) : null; }")
         text = page.inner_text("#index-progress")
         snapshots.append((time.time() - t0, percent, text))
         table = page.inner_text("#videos")
-        if "Indexing" in text and len(snapshots) == 1:
-            screenshot(page, "library-indexing")
+        if percent and 0 < percent < 100 and "Last indexing run" not in text and not shot:
+            shot = screenshot(page, "library-indexing")
         if table.count("indexed") >= len(card_and_bikes) and "Last indexing run" in text:
             break
         time.sleep(0.25)

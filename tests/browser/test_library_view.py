@@ -40,3 +40,15 @@ def test_library_lists_each_video_with_status_and_refuses_bad_input(indexed_app,
     page.click("#add-button")
     page.get_by_text("is not a supported video file").first.wait_for()
     assert rows.count() == 2
+
+
+def test_uploading_a_file_that_is_not_a_video_is_refused_with_a_message(indexed_app, page, tmp_path):
+    url, services, _demo = indexed_app
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    page.goto(url)
+    page.wait_for_selector("#videos table")
+    page.set_input_files("#upload input[type=file]", str(notes))
+    page.get_by_text(re.compile("not a supported video|Invalid file type")).first.wait_for()
+    assert page.locator("#videos tbody tr").count() == 2
+    assert not (services.library.folder / "uploads" / "notes.txt").exists()

@@ -84,3 +84,7 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     assert kind == "error" and "not an absolute path" in payload, payload
     kind, payload = call(url, "add_path", "/etc/passwd")
     assert kind == "error" and "not a supported video file" in payload, payload
+    for api_name, data in {"search": ("thanks", [], "/etc/passwd"), "ask": ("what?", "../../etc/passwd", []),
+                           "reindex": ("/etc/passwd",), "remove": ("../../etc/passwd",)}.items():
+        kind, payload = call(url, api_name, *data)
+        assert kind == "error" and ("video" in payload.lower()), f"{api_name}: {payload}"
