@@ -7,6 +7,7 @@ works too. Nothing here downloads. Segment times are seconds in the array plus t
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,13 @@ class Transcriber:
     model: Any = field(repr=False)
     language: str | None = None  # given, or detected by the first transcribe call
     beam_size: int = 5
+    # One temperature, no fallback: faster-whisper's default retries up to 5 hotter decodes whenever a window's
+    # compression ratio passes 2.4, which repeated phrases trigger (measured: 5x the CPU time on looped speech,
+    # and worse text). VAD and condition_on_previous_text=False already keep tiny models out of loops.
+    temperature: tuple[float, ...] = (0.0,)
     word_timestamps: bool = True  # first-word times tighten segment starts (see tests/test_models_speech.py)
+    # Shorter than faster-whisper's defaults (2000 ms / 400 ms): speech separated by half a second of silence
+    # becomes separate chunks, so less silence reaches Whisper and its timestamps have less to drift over.
     vad_parameters: dict = field(default_factory=lambda: {"min_silence_duration_ms": 500, "speech_pad_ms": 200})
 
     def transcribe(self, audio: np.ndarray, offset: float = 0.0) -> list[SpeechSegment]:
@@ -50,6 +57,7 @@ class Transcriber:
             audio,
             language=self.language,
             beam_size=self.beam_size,
+            temperature=list(self.temperature),
             vad_filter=True,
             vad_parameters=self.vad_parameters,
             word_timestamps=self.word_timestamps,
@@ -109,8 +117,13 @@ def load_transcriber(
     compute_type: str = "int8",
     beam_size: int = 5,
 ) -> Transcriber:
-    """Load a faster-whisper model offline (cached per process). cpu_threads=0 lets CTranslate2 choose."""
+    """Load a faster-whisper model offline (cached per process).
+
+    cpu_threads=0 means half the machine's cores: speech runs beside frame decoding and OCR in the runner.
+    """
     model = model or DEFAULT_MODEL
+    if cpu_threads <= 0:
+        cpu_threads = max(1, (os.cpu_count() or 2) // 2)
     source = _resolve(model)
     key = (source, cpu_threads, device, compute_type)
     with _lock:  # one load per process; a second caller waits for the first
