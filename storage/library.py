@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -122,13 +122,16 @@ class Library:
         except OSError as err:
             raise SightlineError(f"Cannot create the library folder {folder}: {err.strerror}.",
                                  hint="Choose a writable folder with --library or SIGHTLINE_LIBRARY.") from err
-        lib = cls(folder, url)
+        lib = None
         try:
+            lib = cls(folder, url)
             lib._create_schema()
-        except OperationalError as err:
-            lib.close()
-            raise SightlineError(f"Cannot open the database {lib.url!r}: {err.orig}",
-                                 hint="Check that the file is a Sightline library.db and is writable.") from err
+        except DBAPIError as err:
+            if lib is not None:
+                lib.close()
+            raise SightlineError(f"Cannot open the database {url or folder / DB_NAME}: {err.orig}.",
+                                 hint="Check that it is a Sightline library database and is writable, or "
+                                 "choose another --library folder.") from err
         return lib
 
     def _create_schema(self) -> None:
@@ -207,10 +210,13 @@ class Library:
             return self._vectors[space]
 
     def vector_spaces(self) -> list[str]:
-        from storage.models import Embedding
-
+        """Embedding spaces present, by a skip-scan of the space index (DISTINCT would read every row)."""
         with self.read() as s:
-            return sorted(s.scalars(select(Embedding.space).distinct()).all())
+            rows = s.execute(text(
+                "WITH RECURSIVE sp(space) AS (SELECT min(space) FROM embeddings UNION ALL "
+                "SELECT (SELECT min(space) FROM embeddings WHERE space > sp.space) FROM sp "
+                "WHERE sp.space IS NOT NULL) SELECT space FROM sp WHERE space IS NOT NULL")).all()
+        return sorted(r[0] for r in rows)
 
     # --- small read helpers --------------------------------------------------------------------------------
 

@@ -77,7 +77,9 @@ class Embedding(Base):
     """One vector of a moment in a named space ('text' for MiniLM, 'visual' for CLIP/SigLIP)."""
 
     __tablename__ = "embeddings"
-    __table_args__ = (UniqueConstraint("moment_id", "space"),)
+    # The covering index keeps the per-space checksum, the space list and chunked rebuilds off the vector blobs.
+    __table_args__ = (UniqueConstraint("moment_id", "space"),
+                      Index("ix_embeddings_space", "space", "moment_id", "model"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     moment_id: Mapped[int] = mapped_column(ForeignKey("moments.id", ondelete="CASCADE"), index=True)

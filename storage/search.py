@@ -2,10 +2,13 @@
 
 Retrievers, each giving a ranked list of moment ids:
 - `keyword`: SQLite FTS5 bm25 over moments.text (porter stemming); LIKE word counts on other databases.
-  Bounded on big libraries: each query word's match count is probed with `LIMIT FTS_TERM_CAP + 1`; words that
-  match more rows than that are "common" (their bm25 weight is near zero anyway) and are left out of the
-  ranked query when rarer words exist, so bm25 is computed over at most (rare words x FTS_TERM_CAP) rows. A
-  query made only of common words ranks the first FTS_TERM_CAP matches (a bounded sample, not all of them).
+  Bounded on big libraries, because bm25 is computed for every matching row before ORDER BY can pick the top
+  (over "the" in 1M moments that takes seconds): each query word's match count is probed with
+  `LIMIT FTS_TERM_CAP + 1`; words that match more rows than that are "common" (their bm25 weight is small
+  anyway) and are left out of the ranked query when rarer words exist, so bm25 runs over at most
+  (rare words x FTS_TERM_CAP) rows. A query made only of common words requires all of them (AND) and ranks
+  the newest FTS_SAMPLE matches: a bounded sample, not the global best; the vector retriever carries such
+  queries. benchmarks/search_latency.py measures both the naive ORDER BY and this.
 - `text`: MiniLM query vector -> FAISS inner product over the `text` space (cosine; below
   MIN_TEXT_SIMILARITY a vector hit is noise and is dropped).
 - `visual`: the same for the `visual` space (CLIP/SigLIP text tower), when the library has one.
@@ -36,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sqlalchemy import case, literal, or_, select
+from sqlalchemy import case, func, literal, or_, select
 
 from storage.errors import SightlineError
 from storage.models import MODALITIES, Moment, Video
@@ -46,7 +49,8 @@ EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) float32, L2-nor
 RRF_K = 60  # the usual constant: damps the head of each list so one list cannot dominate
 MAX_QUERY_CHARS = 2000
 MAX_QUERY_WORDS = 16
-FTS_TERM_CAP = 20_000  # a word matching more moments than this is "common" (see the module docstring)
+FTS_TERM_CAP = 5_000  # a word matching more moments than this is "common" (see the module docstring)
+FTS_SAMPLE = 2_000  # a query of common words only ranks this many of its matches (the newest)
 MIN_TEXT_SIMILARITY = 0.1  # MiniLM cosine below this is unrelated text
 SEARCH_DEADLINE_S = 5.0
 MERGE_GAP_S = 0.5  # same text within this gap counts as one moment
@@ -135,7 +139,9 @@ def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | Non
     if not library.has_fts:
         return _like_ranking(library, words, n, modalities, video_ids, deadline_s)
     where, params = _filter_sql(modalities, video_ids)
-    join = f" JOIN moments ON moments.id = moments_fts.rowid AND {where}" if where else ""
+    # CROSS JOIN keeps FTS5 as the outer loop: the planner's other choice (MATCH once per filtered row) is
+    # orders of magnitude slower on a big library.
+    join = f" CROSS JOIN moments ON moments.id = moments_fts.rowid AND {where}" if where else ""
     with library.read(deadline_s) as s:
         conn = s.connection()
         counts = {}
@@ -150,10 +156,10 @@ def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | Non
                    "WHERE moments_fts MATCH :q ORDER BY bm25(moments_fts) LIMIT :n")
             limit = n
             match = " OR ".join(f'"{w}"' for w in rare)
-        elif common:  # only common words: rank a bounded sample of the matches
+        elif common:  # only common words: all of them must match; rank a bounded sample, the newest rows
             sql = (f"SELECT moments_fts.rowid, bm25(moments_fts) FROM moments_fts{join} "
-                   "WHERE moments_fts MATCH :q LIMIT :n")
-            limit = FTS_TERM_CAP
+                   "WHERE moments_fts MATCH :q ORDER BY moments_fts.rowid DESC LIMIT :n")
+            limit = FTS_SAMPLE
             match = " AND ".join(f'"{w}"' for w in common)
         else:
             return []
@@ -190,11 +196,30 @@ def _escape_like(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+_allowed_cache: dict[tuple, np.ndarray] = {}
+
+
 def allowed_ids(library, modalities: Sequence[str] | None, video_ids: Sequence[int] | None,
                 deadline_s: float | None = None) -> np.ndarray | None:
-    """Moment ids passing the filters (None when there are no filters)."""
+    """Moment ids passing the filters (None when there are no filters).
+
+    Cached per (library, filters, max moment id): a moment never changes modality or video (re-indexing
+    replaces rows with new, larger ids), so a new max id is the only change that can add members, and a
+    deleted id left in the set is harmless (FAISS no longer holds it)."""
     if not modalities and not video_ids:
         return None
+    with library.read(deadline_s) as s:
+        newest = s.scalar(select(func.max(Moment.id)))
+    key = (id(library), library.url, tuple(sorted(modalities or ())), tuple(sorted(int(v) for v in video_ids or ())),
+           newest)
+    if key not in _allowed_cache:
+        if len(_allowed_cache) > 32:
+            _allowed_cache.clear()
+        _allowed_cache[key] = _query_allowed_ids(library, modalities, video_ids, deadline_s)
+    return _allowed_cache[key]
+
+
+def _query_allowed_ids(library, modalities, video_ids, deadline_s) -> np.ndarray:
     q = select(Moment.id)
     if modalities:
         q = q.where(Moment.modality.in_(list(modalities)))
