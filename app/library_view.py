@@ -57,7 +57,7 @@ class Progress:
     @property
     def eta_seconds(self) -> float | None:
         """Remaining media seconds at the speed measured so far; None until there is a speed."""
-        if not self.running or self.media_done <= 0 or self.elapsed <= 0:
+        if not self.running or self.media_total <= 0 or self.media_done <= 0 or self.elapsed <= 0:
             return None
         speed = self.media_done / self.elapsed  # media seconds per wall second
         return max(0.0, (self.media_total - self.media_done) / speed)

@@ -242,7 +242,7 @@ class ServedFiles:
 
 
 def _eta_text(eta: float | None) -> str:
-    return "estimating time left…" if eta is None else f"about {format_time(eta, 0)} left"
+    return "estimating the time left…" if eta is None else f"about {format_time(eta, 0)} left."
 
 
 def progress_html(p: lv.Progress, rows: list[lv.VideoRow], worker: IndexWorker) -> str:
@@ -253,16 +253,18 @@ def progress_html(p: lv.Progress, rows: list[lv.VideoRow], worker: IndexWorker) 
     """
     parts = []
     if p.running or worker.busy:
-        fraction, eta = p.fraction, p.eta_seconds
+        fraction, eta, total = p.fraction, p.eta_seconds, p.media_total
         event = worker.event
         if event is not None and getattr(event, "job_id", None) == p.job_id and p.running:
             fraction = max(fraction, float(getattr(event, "fraction", 0.0)))
             eta = getattr(event, "eta_s", eta)
+            total = total or float(getattr(event, "media_total", 0.0) or 0.0)
         pct = 100 * fraction
         parts.append(f'<div class="progress-bar" data-percent="{pct:.1f}"><div style="width:{pct:.1f}%"></div></div>')
         if p.running:
-            parts.append(f"<p><b>Indexing</b>: {p.files_done} of {p.files_total} files done, "
-                         f"{format_time(p.media_total, 0)} of video in all, {pct:.0f}% — {_eta_text(eta)}.</p>")
+            length = f", {format_time(total, 0)} of video in all" if total else ""
+            parts.append(f"<p><b>Indexing</b>: {p.files_done} of {p.files_total} files done{length} — {pct:.0f}%, "
+                         f"{_eta_text(eta)}</p>")
         else:
             parts.append("<p><b>Indexing</b>: preparing (probing files)…</p>")
         if worker.last_event:
