@@ -289,3 +289,13 @@ def test_gpu_running_out_while_loading_is_the_memory_error(tiny_dir, fake_gpu, m
     with pytest.raises(SightlineError, match="Not enough GPU memory") as err:
         load_vlm(str(tiny_dir), quantization="bf16")
     assert "40.0 GiB was free" in err.value.message and "nf4" in err.value.hint
+
+
+def test_int8_on_cpu_loads_quantized_and_generates(tiny_dir):
+    import bitsandbytes as bnb
+    from torch import nn
+
+    chat = load_vlm(str(tiny_dir), quantization="int8")
+    assert isinstance(chat.model.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
+    assert type(chat.model.model.visual.blocks[0].attn.qkv) is nn.Linear and type(chat.model.lm_head) is nn.Linear
+    assert isinstance(chat.chat([{"role": "user", "content": "What happens?"}], max_new_tokens=4), str)
