@@ -151,3 +151,47 @@ def test_visual_loader_names_a_folder_without_a_model(tmp_path):
         load_visual_embedder(str(tmp_path / "nope"))
     with pytest.raises(SightlineError, match="No visual model"):
         load_visual_embedder("")
+
+
+def build_tiny_clip(folder) -> str:
+    """A tiny random CLIP (projection 24 != width 32, so the projection path is exercised) with a local tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["a photo of a cat", "a dog on a mat", "thanks for watching"] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=16)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=fast)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, eos_token_id=fast.eos_token_id,
+                         bos_token_id=fast.bos_token_id, pad_token_id=fast.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_tiny_clip_loads_through_the_same_path(tmp_path):
+    from transformers import CLIPModel
+
+    from indexer.embedders import load_visual_embedder
+
+    clip = load_visual_embedder(build_tiny_clip(tmp_path / "tiny-clip"))
+    assert isinstance(clip.model, CLIPModel) and clip.dim == 24
+    img = clip.embed_images([np.zeros((50, 80, 3), np.uint8), np.full((300, 200, 3), 200, np.uint8)])
+    txt = clip.embed_texts(["a cat", "thanks for watching " * 10])
+    assert img.shape == (2, 24) and txt.shape == (2, 24) and img.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(np.vstack([img, txt]), axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(img @ txt.T).all()
