@@ -57,3 +57,16 @@ def test_selfcheck_on_the_internvideo3_layout_needs_no_conversion(tmp_path, caps
     # stock M2LA caches expanded per-head K/V; the latent cache holds r + d_r = 48 floats per token per layer
     assert cmp["latent_cache_bytes_per_token"] == 2 * 48 * 4 == cmp["latent_bytes_per_token_formula"]
     assert cmp["original_cache_bytes_per_token"] == 2 * 4 * (32 + 16) * 4  # 2 layers, 4 heads, K 32 + V 16, fp32
+
+
+def test_selfcheck_says_fail_when_paths_disagree_or_a_step_breaks(tmp_path, monkeypatch):
+    report = selfcheck.run("tiny", library=str(tmp_path), video=str(tmp_path / "missing.mp4"))
+    assert report["status"] == "FAIL" and report["reason"].startswith("sampling the clip: ")
+    assert "no such video file" in report["reason"]
+
+    def disagreeing(chat, batch, max_new_tokens=12):
+        return dict(tokens_equal=False, tokens_agreeing=3, generated_tokens=6, logit_rel_diff=0.2, tolerance=1e-4)
+
+    monkeypatch.setattr(selfcheck, "compare_paths", disagreeing)
+    report = selfcheck.run("tiny", library=str(tmp_path), max_new_tokens=2)
+    assert report["status"] == "FAIL" and "tokens equal for 3 of 6" in report["reason"]
