@@ -70,10 +70,34 @@ def test_verify_runs_before_an_item_is_marked_verified():
 
 def test_a_cited_moment_is_not_verified_when_verify_says_no_and_is_dropped():
     result, model, _, _ = _run(
-        [call("finish", answer="At 5 s.", evidence=[{"moment": 3}])], verdicts=["NO"])
-    assert len(model.verify_calls()) == 1
+        [call("finish", answer="At 5 s.", evidence=[{"moment": 3}])], verdicts=["NO", "NO"])
+    first = model.verify_calls()[0]["clips"][0]
+    assert (first.video_id, first.timestamps[0]) == (2, 5.0)
     assert not any(e.moment_id == 3 for e in result.evidence)
     assert all(not e.verified for e in result.evidence)
+    # and the time the answer states is no longer backed by anything: it was checked again, then removed
+    assert result.answer == "At [unverified time removed]."
+
+
+def test_times_written_in_the_answer_are_covered_verified_or_removed():
+    turns = [call("finish", answer="She says it at 0:05.5, again at 27 s and once more at 14 seconds.",
+                  evidence=[{"moment": 3}])]
+    result, model, _, steps = _run(turns, verdicts=["YES", "YES", "NO"])
+    # 0:05.5 lies in the cited moment (5-8 s); 27 s was re-watched (25-29 s) and confirmed; 14 s was refuted
+    assert result.answer == "She says it at 0:05.5, again at 27 s and once more at [unverified time removed]."
+    windows = [(c["clips"][0].timestamps[0], c["clips"][0].timestamps[-1]) for c in model.verify_calls()]
+    assert windows[1][0] == pytest.approx(25.0) and windows[2][0] == pytest.approx(12.0)
+    assert [(e.start, e.end, e.verified) for e in result.evidence] == [(5.0, 8.0, True), (25.0, 29.0, True)]
+    assert any(s.title == "time removed from the answer" and "14 seconds" in s.observation for s in steps)
+
+
+def test_answer_times_are_removed_when_the_video_is_ambiguous():
+    turns = [call("search", query="red van"),
+             call("finish", answer="The red van shows up at 33 s.", evidence=[{"moment": 1}, {"moment": 4}])]
+    result, model, _, _ = _run(turns, verdicts=["YES", "YES"])
+    assert {e.video_id for e in result.evidence} == {1, 2}
+    assert result.answer == "The red van shows up at [unverified time removed]."
+    assert len(model.verify_calls()) == 2  # the two cited moments; no guess at which video 33 s belongs to
 
 
 def test_unclear_verifier_reply_never_marks_verified():

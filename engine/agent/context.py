@@ -105,6 +105,7 @@ class Context:
     steps: list[Step] = field(default_factory=list)
     tool_calls: int = 0
     model_turns: int = 0
+    checks_left: int = 0  # verify calls the agent may still make itself while resolving the answer's evidence
     tokens_spent: int = 0  # estimated, over every model call of this question (text, frames and replies)
     _videos: dict[int, VideoInfo] = field(default_factory=dict)
 

@@ -17,7 +17,7 @@ from engine.agent import prompts
 from engine.agent.context import Budget, Context, Step, ToolBackend
 from engine.agent.evidence import Evidence
 from engine.agent.parsing import parse_turn, strip_thinking
-from engine.agent.resolve import fallback_evidence, resolve_evidence
+from engine.agent.resolve import check_answer_times, fallback_evidence, resolve_evidence
 from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, describe_tools
 from storage.errors import SightlineError
 
@@ -172,9 +172,11 @@ def _loop(ctx: Context) -> AgentResult:
     if final is None:
         final = _forced_finish(ctx, tool_names)
     answer_text = final["answer"] or "I could not find an answer in the library."
+    ctx.checks_left = budget.final_verifications
     evidence = resolve_evidence(ctx, answer_text, final["evidence"])
     if not evidence:
         evidence = fallback_evidence(ctx, answer_text)
+    answer_text, evidence = check_answer_times(ctx, answer_text, evidence)
     ctx.emit("answer", "answer", observation=answer_text)
     return AgentResult(answer_text, evidence, "agent", ctx.steps)
 

@@ -78,11 +78,11 @@ def _duration(ctx: Context, video_id: int) -> float | None:
         return None
 
 
-def _check(ctx: Context, claim: str, video_id: int, start: float, end: float, left: list[int]) -> bool | None:
+def _check(ctx: Context, claim: str, video_id: int, start: float, end: float) -> bool | None:
     """Verify a window now if the budget allows; True/False as verify said, None when it could not run."""
-    if ctx.vlm is None or left[0] <= 0:
+    if ctx.vlm is None or ctx.checks_left <= 0:
         return None
-    left[0] -= 1
+    ctx.checks_left -= 1
     try:
         verdict, text = run_verify(ctx, claim, video_id, start, end)
     except (ToolError, SightlineError) as err:
@@ -96,7 +96,6 @@ def _check(ctx: Context, claim: str, video_id: int, start: float, end: float, le
 
 def resolve_evidence(ctx: Context, answer: str, cited: list) -> list[Evidence]:
     """Turn the model's cited items into Evidence, verifying or dropping what no tool returned."""
-    left = [ctx.budget.final_verifications]
     out: list[Evidence] = []
     keys: set[tuple] = set()
     dropped: list[str] = []
@@ -129,7 +128,7 @@ def resolve_evidence(ctx: Context, answer: str, cited: list) -> list[Evidence]:
             if moment is None:
                 verdict = ctx.supported_verdict(c.video_id, s, e)
                 if verdict is None and not ctx.refuted(c.video_id, s, e):
-                    said = _check(ctx, answer, c.video_id, s, e, left)
+                    said = _check(ctx, answer, c.video_id, s, e)
                     verdict = ctx.supported_verdict(c.video_id, s, e) if said else None
                 if verdict is None:
                     dropped.append(f"video {c.video_id} {s:.1f}-{e:.1f} s (no tool returned it and it was not verified)")
@@ -150,7 +149,7 @@ def resolve_evidence(ctx: Context, answer: str, cited: list) -> list[Evidence]:
             dropped.append(f"[m{moment.moment_id}] (verify said the window does not support it)")
             continue
         if not verified:
-            said = _check(ctx, answer, vid, moment.start, moment.end, left)
+            said = _check(ctx, answer, vid, moment.start, moment.end)
             if said is False:
                 dropped.append(f"[m{moment.moment_id}] (verify said the window does not support it)")
                 continue
@@ -167,3 +166,41 @@ def fallback_evidence(ctx: Context, answer: str, k: int = 3) -> list[Evidence]:
     if ctx.video_id is not None:
         ranked = [m for m in ranked if int(m.video_id) == ctx.video_id]
     return resolve_evidence(ctx, answer, [{"moment": m.moment_id} for m in ranked[:k]])
+
+
+# "1:02:03.5", "0:45", "45.5 s", "45 seconds", "45s", "45 sec" -- times written in an answer's text.
+_TIME_IN_TEXT = re.compile(
+    r"(?<![\w.:])(?:(\d+:)?\d{1,2}:\d{2}(?:\.\d+)?|\d+(?:\.\d+)?\s?(?:s|sec|secs|seconds?)\b)(?![\w:])", re.I)
+REMOVED = "[unverified time removed]"
+
+
+def check_answer_times(ctx: Context, answer: str, evidence: list[Evidence]) -> tuple[str, list[Evidence]]:
+    """Times written in the answer must lie in (or within 1 s of) an evidence window, or be verified now;
+    a time that is neither is removed from the text, so no unverified timestamp is shown."""
+    videos = {e.video_id for e in evidence} or {int(m.video_id) for m in ctx.seen.values()}
+    if ctx.video_id is not None:
+        videos = {ctx.video_id}
+    out, evidence = [], list(evidence)
+    pos = 0
+    for m in _TIME_IN_TEXT.finditer(answer):
+        try:
+            t = parse_seconds(m.group(0).strip())
+        except ValueError:
+            continue
+        if any(e.start - 1.0 <= t <= e.end + 1.0 for e in evidence):
+            continue
+        kept = False
+        if len(videos) == 1:  # only then is it clear which video the time belongs to
+            vid = next(iter(videos))
+            s, e = snap(t - 2.0, t + 2.0, _duration(ctx, vid))
+            if e > s and _check(ctx, answer, vid, s, e):
+                verdict = ctx.supported_verdict(vid, s, e)
+                evidence.append(Evidence(vid, ctx.video(vid).path, verdict.start, verdict.end, "visual",
+                                         verdict.claim, 1.0, True))
+                kept = True
+        if not kept:
+            out.append(answer[pos:m.start()] + REMOVED)
+            pos = m.end()
+            ctx.emit("note", "time removed from the answer",
+                     observation=f"\"{m.group(0)}\" lies in no evidence window and was not verified.")
+    return "".join(out) + answer[pos:], evidence
