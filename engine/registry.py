@@ -28,8 +28,8 @@ class ModelSpec:
     note: str = ""
 
 
-# Parameter counts: Qwen3-VL from the released configs (vocab 151936; 2B/4B tie embeddings), InternVideo3 derived in
-# shared/reference/internvideo3.md section 1.1 (Qwen3-VL-8B + 0.72 B of M2LA projections).
+# Parameter counts: engine.loading.count_params over the released configs' shapes (vocab 151936; 2B/4B tie their
+# embeddings); InternVideo3 = Qwen3-VL-8B with M2LA attention (r 896, d 128; internvideo3.md section 1.1).
 REGISTRY: tuple[ModelSpec, ...] = (
     ModelSpec(
         DEFAULT_GPU_MODEL,
@@ -52,7 +52,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         "Qwen/Qwen3-VL-4B-Instruct",
         "qwen3_vl",
         params=4_440_000_000,
-        keep_params=970_000_000,  # ViT 0.58 B + tied embeddings 0.39 B
+        keep_params=804_000_000,  # ViT 0.41 B + tied embeddings 0.39 B
         note="Qwen3-VL-4B; runs on a CPU, slowly",
     ),
     ModelSpec(
