@@ -87,6 +87,13 @@ def test_cli_ask_rejects_empty_and_very_long_questions(tmp_path, question, messa
     assert message in result.output and "Traceback" not in result.output, result.output
 
 
+def test_cli_ask_on_an_empty_library_says_to_index_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIGHTLINE_VLM_MODEL", "none")
+    result = _ask(tmp_path / "lib", "what happens?")
+    assert result.exit_code == 1 and "no indexed videos yet" in result.output and "sightline index" in result.output, \
+        result.output
+
+
 def test_cli_ask_unknown_video_is_a_clear_error(tmp_path):
     result = _ask(tmp_path / "lib", "what happens?", "--video", "nope.mp4")
     assert result.exit_code == 1 and "No video 'nope.mp4'" in result.output, result.output

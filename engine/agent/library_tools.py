@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from engine.agent.context import VideoInfo
 from storage.errors import SightlineError
-from storage.models import INDEXED, Moment, Video
+from storage.models import INDEXED, INDEXING, Moment, Video
 from storage.search import MomentHit, search
 
 # Frames per inspect/verify window are capped by the agent's budget; pixels per frame here. 256*32*32 per frame
@@ -33,8 +33,9 @@ class LibraryTools:
         self._sample_clip = sample_clip
 
     def videos(self) -> list[VideoInfo]:
+        """Videos the agent can answer from: indexed, or being indexed (their finished stages are searchable)."""
         with self.library.read() as s:
-            rows = s.scalars(select(Video).where(Video.status == INDEXED).order_by(Video.id)).all()
+            rows = s.scalars(select(Video).where(Video.status.in_([INDEXED, INDEXING])).order_by(Video.id)).all()
             return [VideoInfo(v.id, v.path, v.duration) for v in rows]
 
     def video(self, ref: int | str) -> VideoInfo:

@@ -100,6 +100,9 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
            no_model_reason: str = "") -> AgentResult:
     """Answer a question over the library (or one video) with evidence; evidence-only when `vlm` is None."""
     question = check_question(question)
+    if not tools.videos():
+        raise SightlineError("The library has no indexed videos yet, so there is nothing to answer from.",
+                             hint="Index a folder first: sightline index PATH (or add one in the Library tab).")
     if vlm is None:
         from engine.agent.evidence_only import evidence_only
 
@@ -115,8 +118,7 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
 
         log.exception("the agent loop failed")
         why = err.user_text() if isinstance(err, SightlineError) else f"{type(err).__name__}: {err}"
-        return evidence_only(question, tools, ctx.video_id, why,
-                             on_step, loaded=True)
+        return evidence_only(question, tools, ctx.video_id, why, on_step, loaded=True)
 
 
 def _loop(ctx: Context) -> AgentResult:
@@ -193,7 +195,8 @@ def _forced_finish(ctx: Context, tool_names: frozenset[str]) -> dict:
         text = str(args.get("answer", "")).strip()
         ev = args.get("evidence") or []
         ctx.emit("tool", "finish", "finish", args, reasoning=parsed.reasoning)
-        return {"answer": text or _clean_answer(parsed.reasoning) or OUT_OF_STEPS, "evidence": ev if isinstance(ev, list) else [ev]}
+        return {"answer": text or _clean_answer(parsed.reasoning) or OUT_OF_STEPS,
+                "evidence": ev if isinstance(ev, list) else [ev]}
     text = "" if parsed.call is not None else _clean_answer(reply)
     if not text:
         text = OUT_OF_STEPS
