@@ -381,7 +381,7 @@ def status_markdown(services) -> str:
     rate = f"{100 * hits / (hits + misses):.0f}% ({hits} hits, {misses} misses)" if hits + misses else "no lookups yet"
     model_line = m["model"] or "none"
     if not m["model"]:
-        model_line += f" — {m['reason']}"
+        model_line += f" — {m['reason']}".replace("|", "/")  # a reason must not break the table
     lines = [
         "| | |", "| --- | --- |",
         f"| Answering model | {model_line} |",
