@@ -299,3 +299,23 @@ def test_int8_on_cpu_loads_quantized_and_generates(tiny_dir):
     assert isinstance(chat.model.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
     assert type(chat.model.model.visual.blocks[0].attn.qkv) is nn.Linear and type(chat.model.lm_head) is nn.Linear
     assert isinstance(chat.chat([{"role": "user", "content": "What happens?"}], max_new_tokens=4), str)
+
+
+def test_memory_estimate_counts_the_real_8b_shape():
+    """count_params (which the GPU-memory check uses) against the InternVideo3-8B model built on the meta device."""
+    import torch
+
+    from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration
+
+    config = InternVideo3Config()  # defaults are the 8B checkpoint's shapes
+    with torch.device("meta"):
+        model = InternVideo3ForConditionalGeneration(config)
+    total = sum(p.numel() for p in model.parameters())
+    keep = sum(p.numel() for n, p in model.named_parameters()
+               if n.startswith(("model.visual", "lm_head", "model.language_model.embed_tokens")))
+    counted = count_params(config.to_dict())
+    assert counted[0] == pytest.approx(total, rel=1e-3) and counted[1] == pytest.approx(keep, rel=1e-3)
+    spec = resolve("internvideo3")
+    assert spec.params == pytest.approx(total, rel=0.01) and spec.keep_params == pytest.approx(keep, rel=0.01)
+    # nf4 fits a 12 GiB card, bf16 needs more than 16 GiB (a 24 GiB one)
+    assert 6 * GIB < bytes_needed(total, keep, "nf4") < 12 * GIB < 16 * GIB < bytes_needed(total, keep, "bf16") < 24 * GIB
