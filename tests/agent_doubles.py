@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.agent.context import VideoInfo
-from engine.agent.prompts import INSPECT_SYSTEM, VERIFY_SYSTEM
+from engine.agent.prompts import INSPECT_TASK, VERIFY_TASK, WATCH_SYSTEM
 from storage.errors import SightlineError
 from storage.search import MomentHit
 
@@ -88,7 +88,10 @@ class ScriptedChat:
     name: str = "scripted"
 
     def chat(self, messages, clips=(), max_new_tokens=512):
-        kind = {VERIFY_SYSTEM: "verify", INSPECT_SYSTEM: "inspect"}.get(messages[0]["content"], "turn")
+        kind = "turn"
+        if messages[0]["content"] == WATCH_SYSTEM:
+            kind = "verify" if VERIFY_TASK in messages[-1]["content"] else "inspect"
+            assert kind == "verify" or INSPECT_TASK in messages[-1]["content"], messages[-1]["content"]
         self.calls.append({"kind": kind, "messages": [dict(m) for m in messages], "clips": list(clips)})
         if kind == "verify":
             return self.verdicts.pop(0) if self.verdicts else "NO, nothing like that is shown."

@@ -273,3 +273,16 @@ def test_to_dict_is_the_design_ask_shape():
     assert set(d) == {"answer", "evidence", "mode"} and d["mode"] == "agent"
     for e in d["evidence"]:
         assert {"video_id", "video", "start", "end", "modality", "text", "score", "verified"} <= set(e)
+
+
+def test_inspect_then_verify_of_a_window_share_the_cacheable_prefix():
+    # same system prompt, same frames first, the task only after them: the engine can reuse the window's cache
+    turns = [call("inspect", video=2, start=5, end=8),
+             call("verify", claim="she says she sleeps with a dagger", video=2, start=5, end=8),
+             call("finish", answer="The dagger line.", evidence=[{"moment": 3}])]
+    result, model, _, _ = _run(turns, verdicts=["YES"])
+    watched = [c for c in model.calls if c["kind"] in ("inspect", "verify")]
+    assert [c["kind"] for c in watched] == ["inspect", "verify"]
+    assert watched[0]["messages"][0] == watched[1]["messages"][0]
+    assert watched[0]["clips"][0].timestamps == watched[1]["clips"][0].timestamps
+    assert result.evidence[0].verified and len(model.verify_calls()) == 1  # no second check of a verified moment

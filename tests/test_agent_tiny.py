@@ -10,6 +10,7 @@ import pytest
 
 from engine.agent import Budget, answer
 from engine.agent.library_tools import LibraryTools
+from engine.agent.prompts import VERIFY_TASK, WATCH_SYSTEM
 from storage.models import INDEXED, Moment, Video
 from tests.contracts import assert_moment
 
@@ -63,14 +64,14 @@ def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_c
     # observe first: the question was searched in the library
     assert steps[0].tool == "search" and "[m1]" in steps[0].observation
     # the budget: at most max_steps tool calls (noise turns count), then exactly one forced-answer turn
-    turns = [c for c in model.calls if "You check claims" not in c["messages"][0]["content"]]
+    turns = [c for c in model.calls if c["messages"][0]["content"] != WATCH_SYSTEM]
     # the first search is the loop's own observation; the model had max_steps - 1 turns, then the forced one
     assert len(turns) == (budget.max_steps - 1) + 1
     assert "budget for this question is spent" in turns[-1]["messages"][-1]["content"]
     assert any(s.title == "budget spent" for s in steps)
     assert all(c["max_new_tokens"] <= budget.max_new_tokens for c in turns)
     # verify ran on real frames of the cited windows, at >= 2 fps, capped at the frame budget
-    checks = [c for c in model.calls if "You check claims" in c["messages"][0]["content"]]
+    checks = [c for c in model.calls if VERIFY_TASK in c["messages"][-1]["content"]]
     assert 1 <= len(checks) <= budget.final_verifications
     for c in checks:
         [clip] = c["clips"]

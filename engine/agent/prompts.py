@@ -27,13 +27,14 @@ FORCE_FINISH = ("Your budget for this question is spent. Do not call any other t
 NO_CALL = ("Your message had no tool call. Make exactly one call in <tool_call> tags, or call finish if you know "
            "the answer.")
 
-INSPECT_SYSTEM = ("You describe video for an analyst. You are shown frames of one window of a video, each with its "
-                  "time in seconds. Say briefly and factually what is seen that matters for the question: people, "
-                  "objects, actions, on-screen text, and at what times.")
-
-VERIFY_SYSTEM = ("You check claims against video. You are shown frames of one window of a video, each with its time "
-                 "in seconds, and what the index heard and read there. Reply with YES if what is shown supports "
-                 "the claim, NO if it does not, then one short sentence saying why.")
+# One system prompt for both ways of watching a window (inspect, verify), with the frames first and the task
+# after them: the (system, frames) prefix is then the same whatever is asked about that window, so the engine's
+# per-video cache can serve a window that was already watched.
+WATCH_SYSTEM = ("You watch video for an analyst. You are shown frames of one window of a video, each with its time "
+                "in seconds, then a task about them. Be brief and factual.")
+VERIFY_TASK = "Does this window support the claim? Answer YES or NO first, then one short sentence saying why."
+INSPECT_TASK = ("What in these frames matters for it? Say what is seen (people, objects, actions, on-screen text) "
+                "and at what times, in seconds.")
 
 
 def videos_block(videos: list, scope: int | None, limit: int = 20) -> str:
@@ -57,14 +58,14 @@ def question_turn(question: str, videos: str, first_results: str) -> str:
 
 def inspect_prompt(question: str, video_id: int, start: float, end: float) -> str:
     return (f"Video {video_id}, {start:.1f}-{end:.1f} seconds: the frames are shown above.\n"
-            f"The question being answered: {question}\nWhat in these frames matters for it? Give times in seconds.")
+            f"The question being answered: {question}\n{INSPECT_TASK}")
 
 
 def verify_prompt(claim: str, video_id: int, start: float, end: float, lines: list[str]) -> str:
     heard = "\n".join(lines) if lines else "(nothing indexed in this window)"
     return (f"Video {video_id}, {start:.1f}-{end:.1f} seconds: the frames are shown above.\n"
             f"Indexed speech and on-screen text in this window:\n{heard}\n\n"
-            f"Claim: {claim}\nDoes this window support the claim? Answer YES or NO first.")
+            f"Claim: {claim}\n{VERIFY_TASK}")
 
 
 def with_memory(text: str, memory: list[str], steps_left: int) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from engine.agent.context import Context, Verdict
 from engine.agent.evidence import MODALITIES, parse_seconds, snap
 from engine.agent.parsing import strip_thinking
-from engine.agent.prompts import INSPECT_SYSTEM, VERIFY_SYSTEM, inspect_prompt, verify_prompt
+from engine.agent.prompts import WATCH_SYSTEM, inspect_prompt, verify_prompt
 from storage.errors import SightlineError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def run_verify(ctx: Context, claim: str, video: int, start: float, end: float) -
     info, s, e, fps, clip, note = _clip_for(ctx, video, start, end, MIN_FPS)
     heard = ctx.backend.moments(info.id, s, e, ["speech", "text"])
     ctx.remember_moments(heard)
-    messages = [{"role": "system", "content": VERIFY_SYSTEM},
+    messages = [{"role": "system", "content": WATCH_SYSTEM},
                 {"role": "user", "content": verify_prompt(claim, info.id, s, e, [_line(m) for m in heard])}]
     reply = ctx.model_call(messages, [clip], max_new_tokens=64)
     said = _verdict(reply)
@@ -151,9 +151,9 @@ def inspect(ctx: Context, video: int, start: float, end: float, fps: float = 2.0
         raise ToolError("inspect needs a loaded video model.")
     info, s, e, fps, clip, note = _clip_for(ctx, video, start, end, fps)
     n = len(getattr(clip, "timestamps", []) or [])
-    # A call of its own, frames first: the conversation stays text and the (system, video) prefix is the same
-    # for every question about this window, so the engine's per-video cache can serve it again.
-    messages = [{"role": "system", "content": INSPECT_SYSTEM},
+    # A call of its own, frames first: the conversation stays text and the (system, frames) prefix is the same
+    # for every question (and every verify) about this window, so the engine's per-video cache can serve it again.
+    messages = [{"role": "system", "content": WATCH_SYSTEM},
                 {"role": "user", "content": inspect_prompt(ctx.question, info.id, s, e)}]
     seen = strip_thinking(ctx.model_call(messages, [clip], max_new_tokens=INSPECT_TOKENS))[0].strip()
     ctx.memory.append(f"inspect video {info.id} {s:.1f}-{e:.1f} s ({n} frames)")
