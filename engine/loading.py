@@ -331,6 +331,8 @@ def load_vlm(
 
     reuse=False loads a private copy (not shared, not kept): for callers that modify the model, like selfcheck.
     """
+    if (model or "").strip().lower() == "none":
+        resolve_setting("none", None)  # raises: nothing to load, and no reason to import torch
     check_transformers()
     free = cuda_free_bytes()
     spec = resolve_setting(model, free)

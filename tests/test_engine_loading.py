@@ -319,3 +319,14 @@ def test_memory_estimate_counts_the_real_8b_shape():
     assert spec.params == pytest.approx(total, rel=0.01) and spec.keep_params == pytest.approx(keep, rel=0.01)
     # nf4 fits a 12 GiB card, bf16 needs more than 16 GiB (a 24 GiB one)
     assert 6 * GIB < bytes_needed(total, keep, "nf4") < 12 * GIB < 16 * GIB < bytes_needed(total, keep, "bf16") < 24 * GIB
+
+
+def test_vlm_model_none_imports_nothing_heavy():
+    code = (
+        "import sys; from engine.loading import load_vlm_or_reason\n"
+        "class S: vlm_model = 'none'\n"
+        "chat, reason = load_vlm_or_reason(S)\n"
+        "print(chat is None, 'torch' in sys.modules, reason.startswith('No answering model'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "True"], out
