@@ -68,9 +68,11 @@ def _has_norm(norm: nn.Module | None) -> bool:
 
 
 def _affine(linear: nn.Linear, rows: int) -> torch.Tensor:
-    """[W | b] in float64: rows x (D + 1)."""
-    w = linear.weight.detach().to(torch.float64)
-    b = linear.bias.detach().to(torch.float64) if linear.bias is not None else torch.zeros(rows, dtype=torch.float64)
+    """[W | b] in float64: rows x (D + 1) (bitsandbytes weights are dequantized first)."""
+    from engine.models.internvideo3 import dense_weight
+
+    w = dense_weight(linear).detach().to("cpu", torch.float64)  # conversion math runs on the CPU in float64
+    b = linear.bias.detach().to("cpu", torch.float64) if linear.bias is not None else torch.zeros(rows, dtype=torch.float64)
     return torch.cat((w, b[:, None]), dim=1)
 
 
@@ -78,7 +80,7 @@ def _fold_norm(m: torch.Tensor, norm: nn.Module | None, heads: int, d: int, x: t
     """Approximate RMSNorm(head rows of m applied to x) by weight * mean inverse RMS per head; m: [heads*d, D+1]."""
     if not _has_norm(norm):
         return m
-    w = norm.weight.detach().to(torch.float64)
+    w = norm.weight.detach().to("cpu", torch.float64)
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
     y = (x @ m.T).view(x.shape[0], heads, d)  # [N, heads, d]
     inv_rms = torch.rsqrt(y.pow(2).mean(-1) + eps).mean(0)  # [heads]
@@ -90,7 +92,7 @@ def _calibration(calib: torch.Tensor | None, hidden: int, seed: int = 0) -> torc
     if calib is None:
         gen = torch.Generator().manual_seed(seed)
         calib = torch.randn(max(256, 2 * hidden), hidden, generator=gen, dtype=torch.float64)
-    x = calib.reshape(-1, hidden).to(torch.float64)
+    x = calib.reshape(-1, hidden).to("cpu", torch.float64)
     return torch.cat((x, torch.ones(x.shape[0], 1, dtype=torch.float64)), dim=1)
 
 
@@ -124,11 +126,12 @@ def convert_attention(attn: nn.Module, config: Any, layer_idx: int, rank: int | 
     k_pe = torch.zeros(d, hidden + 1, dtype=torch.float64)
     q_pe = torch.zeros(h, d, hidden + 1, dtype=torch.float64)
     resid = mk.clone()
+    mk_cov = mk @ cov  # [G, d, D+1], so each frequency's G x G covariance is one small product
     rope_energy = rope_left = 0.0
     for j in range(d // 2):
         rows = _pair_rows(d, j)
         kj = mk[:, rows]  # [G, 2, D+1]
-        pair_cov = torch.einsum("gcx,xy,fcy->gf", kj, cov, kj)  # [G, G]
+        pair_cov = torch.einsum("gcx,fcx->gf", kj, mk_cov[:, rows])  # [G, G]
         evals, evecs = torch.linalg.eigh(pair_cov)
         u = evecs[:, -1]
         shared = torch.einsum("g,gcx->cx", u, kj)  # [2, D+1]
@@ -185,7 +188,7 @@ def convert_attention(attn: nn.Module, config: Any, layer_idx: int, rank: int | 
     new.kv_a_proj_with_mqa.weight.copy_(kv_a[:, :hidden])
     new.kv_a_proj_with_mqa.bias.copy_(kv_a[:, hidden])
     new.kv_b_proj.weight.copy_(kv_b)
-    new.o_proj.weight.copy_(attn.o_proj.weight.detach().to(torch.float64))
+    new.o_proj.weight.copy_(_affine(attn.o_proj, hidden)[:, :-1])
     if attn.o_proj.bias is not None:
         new.o_proj.bias = nn.Parameter(attn.o_proj.bias.detach().clone())
     new.to(device=device, dtype=dtype)
