@@ -23,7 +23,9 @@ Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-l
   * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not, and its graph takes
     minutes to build at 1M on two cores. PQ would shrink memory further but its recall@10 at this dimension
     needs a re-ranking stage with the full vectors, i.e. the memory we were saving.
-  A flat store that grows past EXACT_LIMIT through `add` is rebuilt as IVF from SQLite at that point.
+  A flat store that grows past EXACT_LIMIT through `add` is rebuilt as IVF from SQLite at that point, and an
+  IVF store is rebuilt once it holds REBUILD_GROWTH (4) times the vectors it was trained on, so nlist keeps
+  up with the library.
 
 Filtered search (by modality or video) passes the allowed ids to FAISS as an `IDSelectorBitmap` inside the
 search parameters, so FAISS only ever ranks allowed vectors: no oversample-then-filter that can come back short.
@@ -53,6 +55,7 @@ EXACT_SUBSET_FRACTION = 0.05  # a filtered search over less than this share of t
 TRAIN_SAMPLE = 100_000  # vectors used to train the IVF quantizer (k-means)
 KMEANS_ITERATIONS = 10  # FAISS's default 25 triples training time for no measurable recall here
 CHUNK = 50_000  # rows per read while rebuilding
+REBUILD_GROWTH = 4  # an IVF index is rebuilt (re-trained, nlist ~ sqrt(n)) once it holds 4x what it was built for
 
 
 def ivf_nlist(count: int) -> int:
@@ -215,7 +218,7 @@ class VectorStore:
                 last = int(ids[-1])
         with self._lock:
             self.index = index
-            self.meta = {**meta, "dim": int(index.d) if index is not None else None}
+            self.meta = {**meta, "dim": int(index.d) if index is not None else None, "built_count": meta["count"]}
             self._save_locked()
 
     def _read_chunk(self, after_id: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,17 +256,23 @@ class VectorStore:
         with self._lock:
             if self.index is not None and vectors.shape[1] != self.index.d:
                 raise SightlineError(
-                    f"The {self.space} vectors are {self.index.d}-d but new ones are {vectors.shape[1]}-d: the embedding "
-                    "model changed.",
-                    hint="The embedding model changed: re-index the library (or delete its vectors folder).")
+                    f"The {self.space} vectors are {self.index.d}-d but new ones are {vectors.shape[1]}-d: "
+                    "the embedding model changed.",
+                    hint="Re-index the library with one model (or delete its vectors folder).")
             if self.index is not None:
                 self.index.remove_ids(ids)  # adding an id twice would leave two copies; re-adds replace
-            if self.index is None or (not is_ivf(self.index) and self.index.ntotal + len(ids) > EXACT_LIMIT):
-                self.rebuild()  # first vectors, or a flat index outgrowing its size: build the right type
+            if self.index is None or self._outgrown(self.index.ntotal + len(ids)):
+                self.rebuild()  # first vectors, or an index outgrowing its layout: build the right one
                 return
             self.index.add_with_ids(vectors, ids)
             self._refresh_meta_locked()
             self._save_locked()
+
+    def _outgrown(self, count: int) -> bool:
+        """A flat index past EXACT_LIMIT, or an IVF index at REBUILD_GROWTH x the size it was trained for."""
+        if not is_ivf(self.index):
+            return count > EXACT_LIMIT
+        return count > REBUILD_GROWTH * max(1, self.meta.get("built_count") or 0)
 
     def remove(self, ids) -> None:
         """Remove the vectors of these moment ids (already deleted from SQLite), and save."""
@@ -339,7 +348,8 @@ class VectorStore:
 
     def _refresh_meta_locked(self) -> None:
         with self.library.read() as s:
-            self.meta = {**_checksum(s, self.space), "dim": int(self.index.d) if self.index is not None else None}
+            self.meta = {**self.meta, **_checksum(s, self.space),
+                         "dim": int(self.index.d) if self.index is not None else None}
 
     def _save_locked(self) -> None:
         import faiss

@@ -87,7 +87,6 @@ def test_reopen_repairs_a_damaged_or_stale_index(filled, damage):
     elif damage == "sidecar":
         store.meta_path.write_text("{not json")
     elif damage == "stale":  # a run killed after its SQLite commit, before the FAISS save
-        vid, new_ids = filled.write(lambda s: (1, [m.id for m in s.scalars(select(Moment).limit(0))]))
         _, new_ids = add_video(filled, "/videos/late.mp4", 4.0, [(0, 1, "speech", "red car late")], embed=None)
         filled.write(lambda s: s.add(Embedding(moment_id=new_ids[0], space="text", model="fake-bow",
                                                vector=encode_vector(fake_embed(["red car late"])[0]))))
@@ -144,14 +143,22 @@ def ivf_library(tmp_path, monkeypatch):
 
 def test_growing_past_the_exact_limit_switches_to_ivf(ivf_library):
     store = ivf_library.vectors("text")
-    assert vectors.is_ivf(store.index) and store.index.nlist == vectors.ivf_nlist(2000)
+    assert vectors.is_ivf(store.index)
+    built = store.meta["built_count"]  # grown by adds since, but never past 4x what it was trained for
+    assert store.index.nlist == vectors.ivf_nlist(built) and built <= 2000 <= 4 * built, store.meta
     np.testing.assert_array_equal(store.ids(), _sqlite_ids(ivf_library))
     lib, store = _reopen(ivf_library)  # saved and reloaded as IVF
     try:
         assert store.rebuilt_on_open is None and vectors.is_ivf(store.index)
-        live = _results(store, QUERIES)
+
+        def exhaustive():  # every list: IVF layouts trained on other samples then agree up to SQ8 rounding
+            return [[i for i, _ in store.search(q, 10, nprobe=store.index.nlist)] for q in QUERIES]
+
+        live, live_ids = exhaustive(), store.ids()
         store.rebuild()
-        assert _results(store, QUERIES) == live
+        np.testing.assert_array_equal(store.ids(), live_ids)
+        for a, b in zip(exhaustive(), live):
+            assert len(set(a) & set(b)) >= 9, (a, b)
     finally:
         lib.close()
 
@@ -159,17 +166,16 @@ def test_growing_past_the_exact_limit_switches_to_ivf(ivf_library):
 def test_filtered_ivf_search_never_comes_back_short(ivf_library):
     """Oversampling the global top-n and filtering would return nothing here: the subset is far from the query."""
     store = ivf_library.vectors("text")
-    far = ivf_library.write(lambda s: [m.id for m in s.scalars(select(Moment).where(Moment.video_id == 3))][:30])
     query = fake_embed(["red car"])[0]
+    with ivf_library.read() as s:
+        rows = s.execute(select(Embedding.moment_id, Embedding.vector)).all()
+    sims = {mid: float(np.frombuffer(v, np.float32) @ query) for mid, v in rows}
+    far = sorted(sims, key=lambda i: sims[i])[:30]  # the 30 moments least like the query
     global_top = {i for i, _ in store.search(query, 200)}
-    assert not global_top & set(far[:5]) or True  # (usually disjoint; the assertion below is what matters)
+    assert not global_top & set(far), "oversampling 20x then filtering would have found these"
     got = store.search(query, 10, subset=np.asarray(far))
     assert len(got) == 10 and {i for i, _ in got} <= set(far)
-    # exact top-10 inside the subset, from SQLite's float vectors
-    with ivf_library.read() as s:
-        rows = s.execute(select(Embedding.moment_id, Embedding.vector).where(Embedding.moment_id.in_(far))).all()
-    sims = {mid: float(np.frombuffer(v, np.float32) @ query) for mid, v in rows}
-    exact = sorted(sims, key=lambda i: -sims[i])[:10]
+    exact = sorted(far, key=lambda i: -sims[i])[:10]  # exact top-10 inside the subset
     assert len({i for i, _ in got} & set(exact)) >= 9, (got, exact)  # SQ8 codes: ties may swap at the edge
     assert store.search(query, 10, subset=np.asarray([], np.int64)) == []
 
@@ -178,10 +184,6 @@ def test_large_subset_scales_nprobe(ivf_library, monkeypatch):
     store = ivf_library.vectors("text")
     seen = {}
     real = store.index.search
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(store.index.__class__, name)
 
     def spy(q, k, params=None):
         seen["nprobe"] = params.nprobe
