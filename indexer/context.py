@@ -28,6 +28,9 @@ class IndexOptions:
     sample_fps: float = 1.0  # frames per second cached for keyframes, on-screen text and visual moments
     ocr_interval: float = 2.0  # seconds between on-screen text checks inside a shot (keyframes always read)
     sample_side: int = 960  # longer side of cached frames (OCR reads these)
+    # Text detection alone runs on a copy this long first; only frames where it finds text are read in full.
+    # 320 px keeps titles, cards and captions of 720p+ video; 0 reads every changed frame (slower, finds tiny text).
+    ocr_gate_side: int = 320
     visual_span: float = 10.0  # a shot longer than this gets one visual moment per span
     thumb_side: int = 320
     audio_chunk_s: float = 600.0

@@ -23,7 +23,8 @@ from indexer.media import MediaInfo, fit_size, next_step, scan_frames
 from storage.errors import SightlineError
 
 SHOT_SIDE = 128  # scene detection works on frames this small; cuts are large changes
-SHOT_STEP = 1 / 12.5  # seconds between frames the detector sees (every 2nd frame at 25 fps)
+SHOT_STEP = 0.0  # seconds between frames the detector sees: every decoded frame (non-reference frames are
+# already skipped by the decoder; skipping more widens the gaps and motion starts to read as cuts)
 SHOT_MIN_LEN = 0.6  # seconds; PySceneDetect's flash filter
 KEY_DELAY = 0.2  # a shot's keyframe is taken this long after its cut (skips transition frames)
 JPEG_QUALITY = 88
@@ -93,7 +94,7 @@ def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
     samples: list[Sample] = []
     cuts: list[float] = []
     next_sample, next_shot, last_t, key_pending = 0.0, 0.0, -1.0, True
-    for t, frame in scan_frames(info, small):
+    for t, frame in scan_frames(info):
         if t < last_t - 1e-6:
             continue  # out-of-order or repeated PTS (broken files): keep time moving forward
         last_t = t

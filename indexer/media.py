@@ -237,13 +237,26 @@ def _frames_decord(info: MediaInfo, fps: float, max_side: int | None, batch: int
     del vr
 
 
+# Sampling a few frames a second needs no frame that nothing else refers to: the decoder may skip them
+# (FFmpeg's AVDISCARD_NONREF; mostly B-frames). Reference frames decode exactly as before, and their PTS
+# gives their times, so the saving (about a third of the decode time on x264 output) costs no accuracy.
+SKIP_NONREF_BELOW_FPS = 5.0
+
+
+def _open_video(c, fps: float | None):
+    stream = c.streams.video[0]
+    stream.thread_type = "AUTO"
+    if fps is not None and fps <= SKIP_NONREF_BELOW_FPS:
+        stream.codec_context.skip_frame = "NONREF"
+    return stream
+
+
 def _frames_pyav(info: MediaInfo, fps: float | None, max_side: int | None) -> Iterator[Frame]:
     import av
 
     w, h = fit_size(info.width, info.height, max_side)
     with av.open(info.path) as c:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream = _open_video(c, fps)
         next_t = 0.0
         for frame in c.decode(stream):
             if frame.time is None:
@@ -286,15 +299,14 @@ def iter_frames(info: MediaInfo, fps: float, max_side: int | None = None, backen
         raise _decode_error(info.path, err) from err
 
 
-def scan_frames(info: MediaInfo, small: tuple[int, int]) -> Iterator[tuple[float, object]]:
-    """Every frame once, in order: (t, av.VideoFrame). Callers convert only what they need (shots want a
-    tiny copy of each frame, OCR and thumbnails a larger copy of a few), so the file is decoded once."""
+def scan_frames(info: MediaInfo, skip_nonref: bool = True) -> Iterator[tuple[float, object]]:
+    """Every (reference) frame once, in order: (t, av.VideoFrame). Callers convert only what they need (shots
+    want a tiny copy of many frames, OCR and thumbnails a larger copy of a few), so the file is decoded once."""
     import av
 
     try:
         with av.open(info.path) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream = _open_video(c, 1.0 if skip_nonref else None)
             for frame in c.decode(stream):
                 if frame.time is None:
                     continue

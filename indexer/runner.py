@@ -6,8 +6,8 @@
   after the commit (and `storage.vectors` rebuilds from SQLite when a kill fell between the two). A killed run
   resumes at the first stage without a done mark: no duplicate and no missing moments.
 - Per-file errors land in `videos.error`; a bad file never stops the others or touches what is indexed.
-- Speed: the frame lane (one decode pass: shots, visual, on-screen text) and the audio lane (speech) run in two
-  threads. Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the same figures.
+- Speed: two stages of a video run at once, each as soon as what it needs is done (the one decode pass of
+  `shots` beside `speech`, then visual and on-screen text over the cached frames). Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the same figures.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from sqlalchemy import delete, func, select
 from indexer.context import IndexContext, StageOutput, VideoJob
 from indexer.frames import drop_frames
 from indexer.media import VIDEO_EXTENSIONS, fingerprint
-from indexer.stages import DEFAULT_STAGES
+from indexer.stages import DEFAULT_STAGES, WORKERS
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, MISSING, PENDING, Embedding, Job, Moment, StageRun, Video
 from storage.vectors import encode_vector
@@ -384,9 +384,9 @@ def index_paths(library, paths: Iterable[str | Path], ctx: IndexContext,
     progress = _Progress(library, job_id, len(plans), media_total, on_progress, show_progress)
     status = "done"
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sightline-audio") as audio_lane:
+        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="sightline-stage") as pool:
             for i, (path, video, pending) in enumerate(plans, start=1):
-                error = _index_one(library, ctx, video, pending, audio_lane, progress, i)
+                error = _index_one(library, ctx, video, pending, pool, progress, i)
                 duration = video.info.duration if video.info else 0.0
                 progress.file_done(duration)
                 if error:
@@ -408,7 +408,7 @@ def index_paths(library, paths: Iterable[str | Path], ctx: IndexContext,
     return summary
 
 
-def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, audio_lane, progress: _Progress,
+def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool, progress: _Progress,
                i: int) -> str | None:
     """Run a video's pending stages; return the error message or None."""
     _set_status(library, video.id, INDEXING)
@@ -432,34 +432,45 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, audio
                 errors.append(f"{stage.NAME}: internal error: {type(err).__name__}: {err}")
             progress.emit(i, video.path, stage.NAME, "failed", str(err))
             return False
+        log.info("%s %s: %.2f s %s", Path(video.path).name, stage.NAME, time.time() - t0, out.detail)
         progress.stage_done(stage.NAME, video.info.duration if video.info else 0.0)
         progress.emit(i, video.path, stage.NAME, out.status, out.message or "")
         return True
 
-    def run_lane(stages) -> None:
-        for stage in stages:
-            if not run_stage(stage):
-                break
-
-    # The first lane (probe) gates the rest: nothing else makes sense on a file that does not probe.
+    # Probing gates the rest: nothing else makes sense on a file that does not probe.
     try:
         video.media()
     except SightlineError as err:
         _set_status(library, video.id, FAILED, err.user_text())
         return err.user_text()
-    first = [s for s in pending if s.LANE == "first"]
-    if first and not all(run_stage(s) for s in first):
-        _set_status(library, video.id, FAILED, errors[0])
-        return errors[0]
-    audio = [s for s in pending if s.LANE == "audio"]
-    frames = [s for s in pending if s.LANE not in ("first", "audio")]
-    future = audio_lane.submit(run_lane, audio) if audio else None
+    names = {st.NAME for st in pending}
+    finished: set[str] = {st.NAME for st in DEFAULT_STAGES if st.NAME not in names}  # done in an earlier run
+    failed: set[str] = set()
+    if "shots" in finished:
+        video.frames_ready.set()  # scanned in an earlier run: stages load the cached frames themselves
+    waiting = list(pending)
+    running: dict = {}
     try:
-        run_lane(frames)
+        while waiting or running:
+            for st in list(waiting):
+                if any(n in failed for n in st.NEEDS):
+                    waiting.remove(st)  # what it needs failed; that failure is the error shown
+                    failed.add(st.NAME)
+                elif all(n in finished for n in st.NEEDS) and len(running) < WORKERS:
+                    waiting.remove(st)
+                    running[pool.submit(run_stage, st)] = st
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                st = running.pop(fut)
+                (finished if fut.result() else failed).add(st.NAME)
+                if st.NAME == "shots" or "shots" in failed:
+                    video.frames_ready.set()
     finally:
-        video.frames_ready.set()  # the audio lane waits for thumbnails; never leave it waiting on a failure
-        if future is not None:
-            future.result()
+        video.frames_ready.set()  # speech waits for frames for its thumbnails; never leave it waiting
+        for fut in running:
+            fut.result()
     if not errors:
         drop_frames(video, ctx)
     if errors:

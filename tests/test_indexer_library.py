@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # When gradio's a.mp4 card text can first be read: found by decoding every frame (30 fps) of a.mp4 with PyAV
 # and running RapidOCR on each one at full size: 1.967 s reads nothing, 2.000 s reads "THANKS FOR WAICHING"
-# and from 2.067 s on it reads "THANKS FOR WATCHING" (the text animates in from ~1.9 s; frame differences
-# confirm it). test_card_truth re-checks the two frames around it.
+# (in some runs only "WAICHING": the letters are still animating in) and from 2.067 s on it reads
+# "THANKS FOR WATCHING" (frame differences confirm the text moves in from ~1.9 s). test_card_truth re-checks it.
 CARD_TEXT_APPEARS = 2.0
 
 
@@ -130,9 +130,12 @@ def test_card_truth(card_mp4):
     with av.open(str(card_mp4)) as c:
         frames = {round(f.time, 3): f.to_ndarray(format="rgb24") for f in c.decode(video=0)
                   if 1.9 < f.time < 2.1}
-    before, at = frames[1.967], frames[2.0]
-    assert not any("THANKS" in t for t, _ in reader.read(before))
-    assert any("THANKS" in t for t, _ in reader.read(at))
+    import re
+
+    card_word = re.compile(r"THANK|WA[TI]CH")
+    assert not any(card_word.search(t) for t, _ in reader.read(frames[1.967]))
+    assert any(card_word.search(t) for t, _ in reader.read(frames[2.0]))
+    assert any("THANKS FOR WATCHING" in t for t, _ in reader.read(frames[2.067]))
 
 
 def test_thanks_for_watching_is_a_text_moment_near_the_card(indexed_library, card_mp4):

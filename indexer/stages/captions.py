@@ -14,7 +14,7 @@ from indexer.frames import ensure_frames, samples_by_preference, spans
 from indexer.thumbnails import best_frame, frame_quality, moment_thumbnail
 
 NAME = "captions"
-LANE = "frames"
+NEEDS = ("shots",)  # stages whose results this one reads; the runner starts it after them
 BATCH = 4
 FRAMES_PER_SEGMENT = 8
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from indexer.context import IndexContext, StageOutput, VideoJob
 
 NAME = "probe"
-LANE = "first"
+NEEDS = ()  # stages whose results this one reads; the runner starts it after them
 
 
 def signature(ctx: IndexContext) -> str:

@@ -1,7 +1,8 @@
 """On-screen text: RapidOCR on shot keyframes and every `ocr_interval` seconds where the frame changed.
 
-OCR costs ~0.1-0.5 s a frame while decoding costs milliseconds, so a frame is read only when it differs from
-the last frame read (mean absolute difference of 64x36 grayscale copies). When a new text shows up, the
+OCR costs ~0.5 s a frame while decoding costs milliseconds, so a frame is looked at only when it differs from
+the last frame looked at (mean absolute difference of 64x36 grayscale copies), and read in full only when text
+detection alone on a small copy (`ocr_gate_side` px, ~0.05 s) finds text there. When a new text shows up, the
 samples between the two reads are checked too, so the moment starts within one sample step of the text's
 first appearance. Consecutive sightings of the same text merge into one `text` moment.
 """
@@ -17,14 +18,15 @@ from indexer.frames import FrameIndex, ensure_frames, small_gray
 from indexer.thumbnails import moment_thumbnail
 
 NAME = "screen_text"
-LANE = "frames"
+NEEDS = ("shots",)  # stages whose results this one reads; the runner starts it after them
 CHANGE = 0.8  # mean abs difference (0-255) on 64x36 gray above which a frame is read again (a title card
 # fading in on a dark frame moves it by ~1.5; sensor noise stays well under this after the area average)
 MIN_CONFIDENCE = 0.6
 
 
 def signature(ctx: IndexContext) -> str:
-    return f"v1 interval={ctx.options.ocr_interval} fps={ctx.options.sample_fps}"
+    o = ctx.options
+    return f"v1 interval={o.ocr_interval} fps={o.sample_fps} gate={o.ocr_gate_side}"
 
 
 def _norm(text: str) -> str:
@@ -38,11 +40,17 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     index = ensure_frames(video, ctx)
     reader = ctx.ocr.get()
     step = ctx.options.ocr_interval
-    reads = {"n": 0}
+
+    gate = ctx.options.ocr_gate_side
+    reads = {"n": 0, "gated": 0}
 
     def read(sample) -> list[str]:
+        image = index.image(sample)
+        if gate and not _has_text(reader, image, gate):
+            reads["gated"] += 1
+            return []
         reads["n"] += 1
-        return [t.strip() for t, conf in reader.read(index.image(sample)) if conf >= MIN_CONFIDENCE and t.strip()]
+        return [t.strip() for t, conf in reader.read(image) if conf >= MIN_CONFIDENCE and t.strip()]
 
     observations: dict[float, list[str]] = {}
     samples = index.samples
@@ -70,8 +78,30 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         sample = min((s for s in samples if s.t >= start - 1e-6), key=lambda s: s.t, default=samples[-1])
         thumb = moment_thumbnail(ctx.library, video.id, index.image(sample), "text", start, ctx.options.thumb_side)
         moments.append(MomentIn(start, max(end, start), "text", run_.text, thumb))
-    return StageOutput(moments=moments, media_s=info.duration,
-                       detail={"ocr_frames": reads["n"], "samples": len(samples), "moments": len(moments)})
+    detail = {"ocr_frames": reads["n"], "gated_frames": reads["gated"], "samples": len(samples),
+              "moments": len(moments)}
+    return StageOutput(moments=moments, media_s=info.duration, detail=detail)
+
+
+def _has_text(reader, image: np.ndarray, side: int) -> bool:
+    """Text detection alone on a copy `side` px long: the cheap question before the costly full read."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    engine = reader.engine
+    try:
+        saved = {k: getattr(engine, k) for k in ("use_det", "use_cls", "use_rec")}
+    except AttributeError:  # not RapidOCR's engine: no detection-only call, so read every changed frame
+        return True
+    try:
+        result = engine(np.ascontiguousarray(image[:, :, ::-1]), use_det=True, use_cls=False, use_rec=False)
+    finally:
+        engine.update_params(**saved)  # RapidOCR keeps call flags on the engine; put the reader's back
+    boxes = getattr(result, "boxes", None)
+    return boxes is not None and len(boxes) > 0
 
 
 def _back_fill(between, new: set[str], read) -> list[tuple[float, list[str]]]:

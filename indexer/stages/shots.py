@@ -6,7 +6,7 @@ from indexer.context import IndexContext, StageOutput, VideoJob
 from indexer.frames import ensure_frames
 
 NAME = "shots"
-LANE = "frames"
+NEEDS = ("probe",)  # stages whose results this one reads; the runner starts it after them
 
 
 def signature(ctx: IndexContext) -> str:

@@ -7,12 +7,12 @@ Thumbnails come from the frame cache once the frame lane has scanned the video.
 from __future__ import annotations
 
 from indexer.context import IndexContext, MomentIn, StageOutput, VideoJob
-from indexer.frames import nearest_sample
+from indexer.frames import cache_folder, load_index, nearest_sample
 from indexer.media import iter_audio
 from indexer.thumbnails import moment_thumbnail
 
 NAME = "speech"
-LANE = "audio"
+NEEDS = ("probe",)  # stages whose results this one reads; the runner starts it after them
 NO_AUDIO = "no audio track: nothing to transcribe"
 FRAMES_WAIT_S = 3600.0
 
@@ -34,7 +34,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     moments = [MomentIn(max(0.0, s.start), min(max(s.end, s.start), info.duration), "speech", s.text)
                for s in segments if s.text.strip() and s.start < info.duration]
     video.frames_ready.wait(FRAMES_WAIT_S)
-    index = video.frame_index
+    index = video.frame_index or load_index(cache_folder(ctx.cache_dir, video.id, video.fingerprint))
     if index is not None:
         for m in moments:
             sample = nearest_sample(index, m.start + min(0.5, (m.end - m.start) / 2))

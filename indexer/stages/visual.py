@@ -8,7 +8,7 @@ from indexer.frames import ensure_frames, samples_by_preference, spans
 from indexer.thumbnails import best_frame, frame_quality, moment_thumbnail
 
 NAME = "visual"
-LANE = "frames"
+NEEDS = ("shots",)  # stages whose results this one reads; the runner starts it after them
 BATCH = 16
 NO_MODEL = "visual search off: no visual model configured (set SIGHTLINE_VISUAL_MODEL to a CLIP/SigLIP model)"
 
