@@ -24,6 +24,15 @@ from engine.models.internvideo3 import (  # noqa: E402
 from storage.errors import SightlineError  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(dtype=torch.float32, impl="sdpa", latent=False, **over):
     cfg = tiny_internvideo3_config(**over)
     cfg._attn_implementation = impl
