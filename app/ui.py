@@ -383,7 +383,7 @@ def status_markdown(services) -> str:
     if not m["model"]:
         model_line += f" — {m['reason']}".replace("|", "/")  # a reason must not break the table
     lines = [
-        "| | |", "| --- | --- |",
+        "| Status | |", "| --- | --- |",
         f"| Answering model | {model_line} |",
         f"| Quantization | {m.get('quantization') or '—'} |",
         f"| Device | {m.get('device') or _device()} |",
