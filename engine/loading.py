@@ -15,7 +15,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.registry import DEFAULT_GPU_MODEL, CPU_MAX_PARAMS, ModelSpec, resolve, with_family
+from engine.registry import CPU_MAX_PARAMS, DEFAULT_GPU_MODEL, ModelSpec, known_names, resolve, with_family
 from storage.errors import SightlineError
 
 log = logging.getLogger(__name__)
@@ -232,10 +232,30 @@ def _quantization_config(plan: LoadPlan):
     return None
 
 
+def model_class_for(spec: ModelSpec):
+    """The one table from model family to the transformers Auto class that loads it."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    match spec.family:
+        case "qwen3_vl":
+            return AutoModelForImageTextToText
+        case "internvideo3":
+            # InternVideo3's README loads through AutoModelForCausalLM (remote code); follow its auto_map otherwise.
+            auto_map = (auto_map_of(spec) or {}).keys()
+            if "AutoModelForImageTextToText" in auto_map and "AutoModelForCausalLM" not in auto_map:
+                return AutoModelForImageTextToText
+            return AutoModelForCausalLM
+        case _:
+            raise SightlineError(
+                f"{spec.name}: no loader for model family {spec.family!r}.",
+                hint="Sightline loads Qwen3-VL and InternVideo3 checkpoints: " + ", ".join(known_names()),
+            )
+
+
 def load_weights(plan: LoadPlan, path: str):
     """(model, processor) from a local folder or hub id; newly initialized weights are an error, not a warning."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
     kwargs = dict(
@@ -248,12 +268,7 @@ def load_weights(plan: LoadPlan, path: str):
     qconfig = _quantization_config(plan)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-    auto = AutoModelForImageTextToText
-    if plan.spec.family == "internvideo3":
-        # InternVideo3's README loads through AutoModelForCausalLM (remote code); follow its auto_map otherwise.
-        auto_map = (auto_map_of(plan.spec) or {}).keys()
-        if "AutoModelForCausalLM" in auto_map or "AutoModelForImageTextToText" not in auto_map:
-            auto = AutoModelForCausalLM
+    auto = model_class_for(plan.spec)
     try:
         model, info = auto.from_pretrained(path, **kwargs)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=plan.spec.trust_remote_code)

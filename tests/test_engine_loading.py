@@ -330,3 +330,15 @@ def test_vlm_model_none_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False", "True"], out
+
+
+def test_one_table_maps_families_to_loaders():
+    from transformers import AutoModelForImageTextToText
+
+    from engine.loading import model_class_for
+    from engine.registry import ModelSpec
+
+    assert model_class_for(resolve("qwen3-vl-2b")) is AutoModelForImageTextToText
+    with pytest.raises(SightlineError, match="no loader for model family 'llava'") as err:
+        model_class_for(ModelSpec("x/llava", "llava"))
+    assert DEFAULT_GPU_MODEL in err.value.hint
