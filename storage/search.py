@@ -42,7 +42,7 @@ import numpy as np
 from sqlalchemy import case, func, literal, or_, select
 
 from storage.errors import SightlineError
-from storage.models import MODALITIES, Moment, Video
+from storage.models import MODALITIES, Embedding, Moment, Video
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) float32, L2-normalised
 
@@ -50,7 +50,7 @@ RRF_K = 60  # the usual constant: damps the head of each list so one list cannot
 MAX_QUERY_CHARS = 2000
 MAX_QUERY_WORDS = 16
 FTS_TERM_CAP = 5_000  # a word matching more moments than this is "common" (see the module docstring)
-FTS_SAMPLE = 2_000  # a query of common words only ranks this many of its matches (the newest)
+FTS_SAMPLE = 1_000  # a query of common words only ranks this many of its matches (the newest)
 MIN_TEXT_SIMILARITY = 0.1  # MiniLM cosine below this is unrelated text
 SEARCH_DEADLINE_S = 5.0
 MERGE_GAP_S = 0.5  # same text within this gap counts as one moment
@@ -267,16 +267,18 @@ def hits_for(library, fused: list[tuple[int, float, dict]], deadline_s: float | 
     ids = [m for m, _, _ in fused]
     if not ids:
         return []
-    with library.read(deadline_s) as s:
-        rows = {m.id: (m, v) for m, v in s.execute(
-            select(Moment, Video).join(Video, Moment.video_id == Video.id).where(Moment.id.in_(ids))).all()}
+    columns = (Moment.id, Moment.video_id, Video.path, Moment.start, Moment.end, Moment.modality, Moment.text,
+               Moment.thumbnail)
+    with library.read(deadline_s) as s:  # plain rows, not ORM objects: this runs on every search
+        rows = {r[0]: r for r in s.execute(
+            select(*columns).join(Video, Moment.video_id == Video.id).where(Moment.id.in_(ids))).all()}
     out = []
     for mid, score, src in fused:
         if mid not in rows:
             continue  # deleted since the index was read
-        m, v = rows[mid]
-        thumb = str(library.path_of(m.thumbnail).resolve()) if m.thumbnail else None
-        out.append(MomentHit(m.id, v.id, v.path, m.start, m.end, m.modality, m.text, round(score, 4), thumb,
+        _, video_id, path, start, end, modality, text_, thumbnail = rows[mid]
+        thumb = str(library.path_of(thumbnail).resolve()) if thumbnail else None
+        out.append(MomentHit(mid, video_id, path, start, end, modality, text_, round(score, 4), thumb,
                              sources=dict(src)))
     return out
 
@@ -305,6 +307,11 @@ def merge_overlapping(hits: list[MomentHit]) -> list[MomentHit]:
     return kept
 
 
+def _has_vectors(library, space: str) -> bool:
+    with library.read() as s:  # one lookup in the (space, moment_id) index
+        return s.scalar(select(Embedding.moment_id).where(Embedding.space == space).limit(1)) is not None
+
+
 def search(
     library,
     query: str,
@@ -326,9 +333,8 @@ def search(
     n = max(50, 5 * k)  # each retriever's list: deep enough for fusion to matter
     rankings: dict[str, list] = {
         "keyword": keyword_ranking(library, query, n, modalities, video_ids, deadline.left())}
-    spaces = set(library.vector_spaces())
     wanted = [(space, fn) for space, fn in (("text", embed_text), ("visual", embed_visual_text))
-              if fn is not None and space in spaces]
+              if fn is not None and _has_vectors(library, space)]
     if wanted:
         subset = allowed_ids(library, modalities, video_ids, deadline.left())
         for space, fn in wanted:
