@@ -38,7 +38,8 @@ class Transcriber:
 
     model_name: str
     model: Any = field(repr=False)
-    language: str | None = None  # given, or detected by the first transcribe call
+    forced_language: str | None = None  # given by the caller (or implied by an English-only model)
+    language: str | None = None  # forced_language, or what the last transcribe call detected
     beam_size: int = 5
     # One temperature, no fallback: faster-whisper's default retries up to 5 hotter decodes whenever a window's
     # compression ratio passes 2.4, which repeated phrases trigger (measured: 5x the CPU time on looped speech,
@@ -55,7 +56,7 @@ class Transcriber:
             return []
         segments, info = self.model.transcribe(
             audio,
-            language=self.language,
+            language=self.forced_language,  # None: detect per call, so one Transcriber serves many videos
             beam_size=self.beam_size,
             temperature=list(self.temperature),
             vad_filter=True,
@@ -71,8 +72,7 @@ class Transcriber:
             # With word_timestamps faster-whisper already moves the segment's bounds to its first/last word.
             start, end = float(seg.start), float(seg.end)
             out.append(SpeechSegment(round(offset + start, 3), round(offset + max(end, start), 3), text))
-        if self.language is None:
-            self.language = info.language
+        self.language = self.forced_language or info.language
         return out
 
 
@@ -132,7 +132,9 @@ def load_transcriber(
         whisper = _models[key]
     if not language and not getattr(whisper.model, "is_multilingual", True):
         language = "en"  # English-only models (tiny.en, ...): detection would only waste time
-    return Transcriber(model_name=model, model=whisper, language=language or None, beam_size=beam_size)
+    language = language or None
+    return Transcriber(model_name=model, model=whisper, forced_language=language, language=language,
+                       beam_size=beam_size)
 
 
 def _load(model: str, source: str, cpu_threads: int, device: str, compute_type: str):
