@@ -52,6 +52,12 @@ class VideoChat:
     # --- facts for the UI ------------------------------------------------------------------------------------
 
     @property
+    def quantization(self) -> str:
+        """nf4 | int8 | bf16, or "fp32 (CPU)": an unquantized model on a CPU runs in float32."""
+        q = self.plan.quantization
+        return "fp32 (CPU)" if q == "bf16" and self.plan.device == "cpu" else q
+
+    @property
     def device(self) -> str:
         return str(next(self.model.parameters()).device)
 
@@ -60,7 +66,7 @@ class VideoChat:
         info = {
             "model": self.name,
             "family": self.plan.spec.family,
-            "quantization": self.plan.quantization if self.plan.device == "cuda" or self.plan.quantization != "bf16" else "fp32 (CPU)",
+            "quantization": self.quantization,
             "device": self.device,
             "parameters": self.plan.params,
             "estimated_bytes": self.plan.need_bytes,
