@@ -16,6 +16,13 @@ A hit: an evidence item of the right video whose window overlaps [start, end]. h
 hit@5 at the first five. Temporal IoU: the first item's window against [start, end] (0 when the video is wrong
 or there is no evidence). Answer accuracy (items with `answer`): the expected answer's words appear in the
 answer text. Prints a table, then one JSON line (only the JSON with --json).
+
+The shipped benchmarks/data/packaged_eval.jsonl: 11 questions over 4 videos, all from packaged media. Two clips
+are built here: bikes.mp4 with gradio's cate_blanch.mp3 from 2.0 s, and world.mp4 with cate_blanch_2.mp3 from
+6.0 s and heath_ledger.mp3 from 20.0 s (speech times: the audio files' energy envelope plus the offset); a.mp4's
+card reads THANKS FOR WATCHING from 2.0 to 5.1 s (OCR at 0.1 s steps). The last two questions are visual only
+(a man in a suit in bikes.mp4's second shot, 1.2-2.1 s; the rabbit in bigbuckbunny.mp4): nothing said or written
+names them, so without a visual model or a VLM they are expected misses.
 """
 
 from __future__ import annotations

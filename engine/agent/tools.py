@@ -127,7 +127,7 @@ def run_verify(ctx: Context, claim: str, video: int, start: float, end: float) -
 # --- the tools -------------------------------------------------------------------------------------------------
 
 def search(ctx: Context, query: str, modality: str | None = None, video: int | None = None) -> Observation:
-    """Find moments where the query is said (speech), written on screen (text), seen (visual) or captioned; optional modality and video id."""
+    """Find moments where the query is said, written on screen, seen or captioned; optional modality and video."""
     if not str(query).strip():
         raise ToolError("search needs a query: a few words describing the moment.")
     scope = ctx.video_id if ctx.video_id is not None else (ctx.video(video).id if video is not None else None)
