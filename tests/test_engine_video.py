@@ -178,5 +178,5 @@ def test_pyav_takes_over_when_decord_fails(monkeypatch):
     assert with_pyav.meta["backend"] == "pyav" and with_decord.meta["backend"] == "decord"
     assert with_pyav.timestamps == pytest.approx(with_decord.timestamps, abs=1e-3)
     assert with_pyav.frames.shape == with_decord.frames.shape
-    # the same pictures (both decoders, same frames; small differences from scaling filters)
-    assert np.abs(with_pyav.frames.astype(int) - with_decord.frames.astype(int)).mean() < 12
+    # the same pictures (mean difference ~0.1 here; a different window differs by ~60)
+    assert np.abs(with_pyav.frames.astype(int) - with_decord.frames.astype(int)).mean() < 3
