@@ -7,10 +7,12 @@ steps of one token are timed through the model's own forward:
 - gqa_dynamic: Qwen3-VL's GQA attention with transformers' DynamicCache (what stock `generate` uses; it grows
   by torch.cat every step);
 - gqa_static: the same with transformers' StaticCache, preallocated to the final length;
-- m2la_absorbed: InternVideo3's M²LA with our LatentCache (c 896 + rotated k_pe 128 per token per layer,
-  preallocated) and the absorbed decode path (engine/models/internvideo3.py).
-Note: the absorbed path is plain PyTorch (bmm), which reads each latent twice per step (scores, then the
-weighted sum); a fused MLA kernel (FlashMLA, as the paper's 1.84x at 32K presumably used) reads it once.
+- m2la_absorbed: InternVideo3's M²LA with our LatentCache (c 896 + rotated k_pe 128 per token per layer, one
+  preallocated buffer) and the absorbed decode path (engine/models/internvideo3.py), which on CUDA runs as one
+  MQA scaled_dot_product_attention call (query rows = heads, key [c ; k_pe], value c: a fused kernel streams each
+  latent block once);
+- m2la_absorbed_bmm: the same with the two-matmul kernel (reads every latent twice per step), for comparison.
+The paper's 1.84x at 32K was presumably measured with FlashMLA, a kernel written for exactly this layout.
 
 Needs a CUDA GPU: without one it says so and exits with status 2. `--cpu-smoke` runs the same code on a tiny
 shape on the CPU (for tests; its numbers mean nothing). Prints a table, then one JSON line (only it with --json).
@@ -30,7 +32,7 @@ NO_GPU = (
     "benchmarks/m2la_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False here). "
     "Run it on a machine with an 80 GB GPU; benchmarks/m2la_cache.py measures cache bytes on the CPU."
 )
-VARIANTS = ("gqa_dynamic", "gqa_static", "m2la_absorbed")
+VARIANTS = ("gqa_dynamic", "gqa_static", "m2la_absorbed", "m2la_absorbed_bmm")
 
 
 def _configs(layers: int, smoke: bool):
@@ -176,7 +178,10 @@ def run(contexts, steps: int, warmup: int, layers: int, smoke: bool, variants=VA
     gqa_cfg, iv3_cfg = _configs(layers, smoke)
     rows = []
     torch.manual_seed(0)
-    for kind, cfg, kinds in (("gqa", gqa_cfg, ("gqa_dynamic", "gqa_static")), ("m2la", iv3_cfg, ("m2la_absorbed",))):
+    from engine.models.internvideo3 import force_absorbed_kernel
+
+    m2la_variants = ("m2la_absorbed", "m2la_absorbed_bmm")
+    for kind, cfg, kinds in (("gqa", gqa_cfg, ("gqa_dynamic", "gqa_static")), ("m2la", iv3_cfg, m2la_variants)):
         todo = [v for v in kinds if v in variants]
         if not todo:
             continue
@@ -194,7 +199,8 @@ def run(contexts, steps: int, warmup: int, layers: int, smoke: bool, variants=VA
                         reset_peak()
                         cache = _fill(variant, model, context, warmup + steps + 1)
                         row["cache_bytes"] = _cache_bytes(cache)
-                        sec = _decode(model, cache, context, steps, warmup, sync)
+                        with force_absorbed_kernel("bmm" if variant.endswith("_bmm") else None):
+                            sec = _decode(model, cache, context, steps, warmup, sync)
                         row.update(tokens_per_s=round(1.0 / sec, 2), ms_per_token=round(sec * 1e3, 3),
                                    peak_bytes=peak(), oom=False)
                     except torch.OutOfMemoryError as err:

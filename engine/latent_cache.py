@@ -19,7 +19,9 @@ MIN_GROWTH = 256  # tokens added at least when a buffer grows
 class LatentLayer(CacheLayerMixin):
     """One layer's M²LA cache: c [B, 1, S, r] and rotated k_pe [B, 1, S, d_r] (post-RoPE, §5 item 4).
 
-    `keys` / `values` are views of the filled part: keys = c, values = k_rot.
+    Both live side by side in one buffer [B, 1, capacity, r + d_r] (the layout xtuner and FlashMLA use), so a
+    fused kernel can read [c ; k_pe] as one key. `keys` / `values` are views of the filled part: keys = c,
+    values = k_rot; `joint` is the filled [c ; k_rot].
     """
 
     is_sliding = False
@@ -27,8 +29,8 @@ class LatentLayer(CacheLayerMixin):
 
     def __init__(self, capacity: int = 0):
         # CacheLayerMixin.__init__ would assign keys/values, which are read-only views here.
-        self._c: torch.Tensor | None = None  # [B, 1, capacity, r]
-        self._k: torch.Tensor | None = None  # [B, 1, capacity, d_r]
+        self._buf: torch.Tensor | None = None  # [B, 1, capacity, r + d_r]
+        self.rank = 0
         self.length = 0
         self.capacity_hint = int(capacity)
         self.is_initialized = False
@@ -40,15 +42,19 @@ class LatentLayer(CacheLayerMixin):
 
     @property
     def keys(self) -> torch.Tensor | None:
-        return None if self._c is None else self._c[:, :, : self.length]
+        return None if self._buf is None else self._buf[:, :, : self.length, : self.rank]
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._k is None else self._k[:, :, : self.length]
+        return None if self._buf is None else self._buf[:, :, : self.length, self.rank :]
+
+    @property
+    def joint(self) -> torch.Tensor | None:
+        return None if self._buf is None else self._buf[:, :, : self.length]
 
     @property
     def capacity(self) -> int:
-        return 0 if self._c is None else self._c.shape[2]
+        return 0 if self._buf is None else self._buf.shape[2]
 
     # -- storage ------------------------------------------------------------------------------------------------
 
@@ -57,25 +63,23 @@ class LatentLayer(CacheLayerMixin):
         d_r = value_states.shape[-1] if value_states is not None else 0
         self.dtype, self.device = key_states.dtype, key_states.device
         cap = max(self.capacity_hint, t)
-        self._c = torch.empty(b, one, cap, r, dtype=self.dtype, device=self.device)
-        self._k = torch.empty(b, one, cap, d_r, dtype=self.dtype, device=self.device)
+        self.rank = r
+        self._buf = torch.empty(b, one, cap, r + d_r, dtype=self.dtype, device=self.device)
         self.is_initialized = True
 
     def reserve(self, tokens: int) -> None:
         """Make room for `tokens` in total without regrowing (exact size when called before the first update)."""
-        if self._c is None:
+        if self._buf is None:
             self.capacity_hint = max(self.capacity_hint, int(tokens))
             return
         if tokens > self.capacity:
             self._grow_to(int(tokens))
 
     def _grow_to(self, cap: int) -> None:
-        b, one, _, r = self._c.shape
-        c = torch.empty(b, one, cap, r, dtype=self._c.dtype, device=self._c.device)
-        k = torch.empty(b, one, cap, self._k.shape[-1], dtype=self._k.dtype, device=self._k.device)
-        c[:, :, : self.length] = self._c[:, :, : self.length]
-        k[:, :, : self.length] = self._k[:, :, : self.length]
-        self._c, self._k = c, k
+        b, one, _, width = self._buf.shape
+        buf = torch.empty(b, one, cap, width, dtype=self._buf.dtype, device=self._buf.device)
+        buf[:, :, : self.length] = self._buf[:, :, : self.length]
+        self._buf = buf
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs: dict[str, Any] | None = None
@@ -86,16 +90,16 @@ class LatentLayer(CacheLayerMixin):
         assert k_rot.shape[:3] == c.shape[:3], f"k_rot {tuple(k_rot.shape)} does not match c {tuple(c.shape)}"
         if not self.is_initialized:
             self.lazy_initialization(c, k_rot)
-        assert c.shape[-1] == self._c.shape[-1] and k_rot.shape[-1] == self._k.shape[-1], (
+        assert c.shape[-1] == self.rank and c.shape[-1] + k_rot.shape[-1] == self._buf.shape[-1], (
             f"latent widths {c.shape[-1]}+{k_rot.shape[-1]} differ from the cache's "
-            f"{self._c.shape[-1]}+{self._k.shape[-1]}"
+            f"{self.rank}+{self._buf.shape[-1] - self.rank}"
         )
         t = c.shape[2]
         need = self.length + t
         if need > self.capacity:
             self._grow_to(max(need, self.capacity + max(self.capacity // 2, MIN_GROWTH)))
-        self._c[:, :, self.length : need] = c
-        self._k[:, :, self.length : need] = k_rot
+        self._buf[:, :, self.length : need, : self.rank] = c
+        self._buf[:, :, self.length : need, self.rank :] = k_rot
         self.length = need
         return self.keys, self.values
 
@@ -121,26 +125,23 @@ class LatentLayer(CacheLayerMixin):
 
     def offload(self) -> None:
         if self.is_initialized:
-            self._c, self._k = self._c.to("cpu", non_blocking=True), self._k.to("cpu", non_blocking=True)
+            self._buf = self._buf.to("cpu", non_blocking=True)
 
     def prefetch(self) -> None:
-        if self.is_initialized and self._c.device != self.device:
-            self._c = self._c.to(self.device, non_blocking=True)
-            self._k = self._k.to(self.device, non_blocking=True)
+        if self.is_initialized and self._buf.device != self.device:
+            self._buf = self._buf.to(self.device, non_blocking=True)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.is_initialized:
-            self._c = self._c.index_select(0, beam_idx.to(self._c.device))
-            self._k = self._k.index_select(0, beam_idx.to(self._k.device))
+            self._buf = self._buf.index_select(0, beam_idx.to(self._buf.device))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
-            self._c = self._c.repeat_interleave(repeats, dim=0)
-            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._buf = self._buf.repeat_interleave(repeats, dim=0)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
-            self._c, self._k = self._c[indices, ...], self._k[indices, ...]
+            self._buf = self._buf[indices, ...]
 
     # -- accounting ---------------------------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class LatentLayer(CacheLayerMixin):
         """Bytes of the buffers as allocated (>= nbytes)."""
         if not self.is_initialized:
             return 0
-        return self._c.numel() * self._c.element_size() + self._k.numel() * self._k.element_size()
+        return self._buf.numel() * self._buf.element_size()
 
 
 class LatentCache(Cache):

@@ -14,6 +14,7 @@ from engine.models.internvideo3 import (  # noqa: E402
     InternVideo3LatentAttention,
     apply_m2la_rope,
     expanded_bytes_per_token,
+    force_absorbed_kernel,
     force_attention_path,
     gqa_bytes_per_token,
     install_latent_attention,
@@ -72,17 +73,25 @@ def test_absorbed_equals_expanded_and_stock_in_one_layer(dtype, tol):
             expanded = attn(x, (cos, sin), None)[0]
         with force_attention_path("absorbed"):
             absorbed = attn(x, (cos, sin), None)[0]
+            with force_absorbed_kernel("sdpa"):  # no cache: [c ; k_rot] concatenated once
+                fused = attn(x, (cos, sin), None)[0]
     diff = _max_diff(absorbed, expanded)
+    assert _max_diff(fused, absorbed) < tol, f"sdpa vs bmm absorbed: max diff {_max_diff(fused, absorbed):.2e}"
     assert diff < tol, f"absorbed vs expanded: max diff {diff:.2e}"
     assert _max_diff(expanded, stock) < tol, f"expanded vs stock: max diff {_max_diff(expanded, stock):.2e}"
     assert stock.abs().max() > 0.1, "the test needs outputs of visible size"
 
 
 @pytest.mark.parametrize(
-    "dtype,tol,path",
-    [(torch.float64, 1e-10, "absorbed"), (torch.float64, 1e-10, "expanded"), (torch.float32, 1e-4, None)],
+    "dtype,tol,path,kernel",
+    [
+        (torch.float64, 1e-10, "absorbed", "bmm"),
+        (torch.float64, 1e-10, "absorbed", "sdpa"),  # the fused MQA form CUDA uses, on the CPU here
+        (torch.float64, 1e-10, "expanded", None),
+        (torch.float32, 1e-4, None, None),
+    ],
 )
-def test_chunked_prefill_and_step_decode_equal_one_full_pass(dtype, tol, path):
+def test_chunked_prefill_and_step_decode_equal_one_full_pass(dtype, tol, path, kernel):
     model = _model(dtype)
     ids = _ids(24)
     with torch.no_grad():
@@ -90,7 +99,7 @@ def test_chunked_prefill_and_step_decode_equal_one_full_pass(dtype, tol, path):
         install_latent_attention(model)
         cache = LatentCache(config=model.config)
         chunks = [(0, 9), (9, 15)] + [(i, i + 1) for i in range(15, 24)]
-        with force_attention_path(path):
+        with force_attention_path(path), force_absorbed_kernel(kernel):
             parts = [
                 model(
                     input_ids=ids[:, a:b], past_key_values=cache, use_cache=True, cache_position=torch.arange(a, b)
@@ -98,7 +107,7 @@ def test_chunked_prefill_and_step_decode_equal_one_full_pass(dtype, tol, path):
                 for a, b in chunks
             ]
     diff = _max_diff(torch.cat(parts, 1), full)
-    assert diff <= tol, f"chunked ({path}) vs one pass: max abs logit diff {diff:.2e}"
+    assert diff <= tol, f"chunked ({path}, {kernel}) vs one pass: max abs logit diff {diff:.2e}"
     assert cache.get_seq_length() == 24
 
 
@@ -303,6 +312,12 @@ def test_latent_layer_grows_crops_and_resets():
     layer.crop(-50)
     assert layer.get_seq_length() == 250 and torch.equal(layer.keys, c[:, :, :250])
     assert layer.get_mask_sizes(torch.arange(250, 253)) == (253, 0)
+    from engine.models.internvideo3 import _joint_view
+
+    joint = _joint_view(layer.keys, layer.values)  # c and k_rot sit side by side in one buffer
+    assert joint is not None and torch.equal(joint, torch.cat((c, k), -1)[:, :, :250])
+    assert torch.equal(layer.joint, joint)
+    assert _joint_view(c, k) is None
     layer.reset()
     assert layer.get_seq_length() == 0
     with pytest.raises(AssertionError, match="latent widths"):

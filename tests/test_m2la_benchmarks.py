@@ -46,11 +46,12 @@ def test_gpu_benchmark_code_path_runs_on_a_tiny_shape(capsys):
     assert gpu.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["variant"]: r for r in result["rows"]}
-    assert set(rows) == {"gqa_dynamic", "gqa_static", "m2la_absorbed"}
+    assert set(rows) == {"gqa_dynamic", "gqa_static", "m2la_absorbed", "m2la_absorbed_bmm"}
     assert all(not r["oom"] and r["tokens_per_s"] > 0 for r in rows.values())
     cfg = tiny_internvideo3_config(num_hidden_layers=1).text_config
     latent, gqa = latent_bytes_per_token(cfg, torch.float32), gqa_bytes_per_token(cfg, torch.float32)
     assert rows["m2la_absorbed"]["cache_bytes"] == latent * (16 + 3)  # preallocated: context + warmup + steps + 1
+    assert rows["m2la_absorbed_bmm"]["cache_bytes"] == latent * (16 + 3)
     assert rows["gqa_static"]["cache_bytes"] == gqa * (16 + 3)
     assert rows["gqa_dynamic"]["cache_bytes"] == gqa * 16  # measured right after filling
     assert set(result["speedup_m2la_over"]) == {"gqa_dynamic@16", "gqa_static@16"}

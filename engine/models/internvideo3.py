@@ -36,6 +36,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLForConditional
 ABSORB_MAX_QUERY = 64
 PATHS = ("stock", "expanded", "absorbed")
 _path_override: str | None = None
+_kernel_override: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------------- config
@@ -178,6 +179,26 @@ def force_attention_path(path: str | None) -> Iterator[None]:
         _path_override = previous
 
 
+@contextlib.contextmanager
+def force_absorbed_kernel(kernel: str | None) -> Iterator[None]:
+    """Force the absorbed path's kernel: "bmm" (two matmuls) or "sdpa" (one fused pass); for tests."""
+    global _kernel_override
+    assert kernel in (None, "bmm", "sdpa"), f"unknown kernel {kernel!r}; use 'bmm' or 'sdpa'"
+    previous, _kernel_override = _kernel_override, kernel
+    try:
+        yield
+    finally:
+        _kernel_override = previous
+
+
+def absorbed_kernel(device: torch.device) -> str:
+    """SDPA on CUDA: its fused kernels stream each [c ; k_pe] block once for both the scores and the weighted
+    sum. bmm elsewhere: on the CPU SDPA would fall back to the same two matmuls, with extra copies."""
+    if _kernel_override is not None:
+        return _kernel_override
+    return "sdpa" if device.type == "cuda" else "bmm"
+
+
 def attention_path(mode: str, query_len: int) -> str:
     """The one place that picks: 'stock' for stock-mode layers; else absorbed for short chunks, expanded for long."""
     if mode == "stock":
@@ -205,6 +226,19 @@ def apply_m2la_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inter
         x = x.view(b, h, t, d // 2, 2).transpose(-1, -2).reshape(b, h, t, d)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + _rotate_half(x) * sin
+
+
+def _joint_view(c: torch.Tensor, k_rot: torch.Tensor) -> torch.Tensor | None:
+    """[c ; k_rot] as one view when k_rot sits right after c in the same buffer (LatentLayer's layout)."""
+    r, d_r = c.shape[-1], k_rot.shape[-1]
+    if (
+        c.stride() == k_rot.stride()
+        and c.stride(-1) == 1
+        and c.stride(-2) == r + d_r
+        and k_rot.data_ptr() == c.data_ptr() + r * c.element_size()
+    ):
+        return c.as_strided((*c.shape[:-1], r + d_r), c.stride())
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------- masks
@@ -359,6 +393,8 @@ class InternVideo3LatentAttention(nn.Module):
         w = self.kv_b_weight(q_nope.dtype)
         w_uk, w_uv = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]  # [H, d_n, r], [H, d_v, r]
         q_abs = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # W_UK folded into the query
+        if absorbed_kernel(q_nope.device) == "sdpa":
+            return self._absorbed_sdpa(q_abs, q_pe, c, k_rot, attention_mask, w_uv), None
         c2, k2 = c[:, 0], k_rot[:, 0]  # [B, S, r], [B, S, d_r]
         scores = torch.bmm(q_abs.reshape(b, h * t, -1), c2.transpose(1, 2))
         scores = scores + torch.bmm(q_pe.reshape(b, h * t, -1), k2.transpose(1, 2))
@@ -370,6 +406,23 @@ class InternVideo3LatentAttention(nn.Module):
         probs = torch.softmax(scores, dim=-1, dtype=acc).to(c.dtype)
         o_lat = torch.bmm(probs.view(b, h * t, s), c2).view(b, h, t, -1)  # [B, H, T, r]
         return torch.einsum("bhtr,hvr->bthv", o_lat, w_uv), probs  # W_UV applied after the sum
+
+    def _absorbed_sdpa(self, q_abs, q_pe, c, k_rot, attention_mask, w_uv):
+        """The absorbed form as one MQA call: queries [q~ ; q_pe] of all heads as rows of one head, key
+        [c ; k_rot], value c (a view of the same buffer)."""
+        b, h, t, r = q_abs.shape
+        s = c.shape[2]
+        joint = _joint_view(c, k_rot)
+        if joint is None:  # not one buffer (no LatentCache): one copy
+            joint = torch.cat((c, k_rot), dim=-1)
+        query = torch.cat((q_abs, q_pe), dim=-1).reshape(b, 1, h * t, -1)
+        mask = additive_mask(attention_mask, b, t, s, query.dtype, query.device)  # [B|1, 1, T, S]
+        if mask is not None:  # rows are (head, t) pairs, head-major
+            mask = mask[:, :, None].expand(mask.shape[0], 1, h, t, s).reshape(mask.shape[0], 1, h * t, s)
+        o_lat = nn.functional.scaled_dot_product_attention(
+            query, joint, joint[..., :r], attn_mask=mask, scale=self.scaling
+        )  # [B, 1, H*T, r]
+        return torch.einsum("bhtr,hvr->bthv", o_lat.view(b, h, t, r), w_uv)
 
     # -- forward ----------------------------------------------------------------------------------------------
 
@@ -712,6 +765,8 @@ __all__ = [
     "attention_path",
     "expanded_bytes_per_token",
     "find_m2la_modules",
+    "absorbed_kernel",
+    "force_absorbed_kernel",
     "force_attention_path",
     "gqa_bytes_per_token",
     "install_latent_attention",
