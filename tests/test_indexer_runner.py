@@ -1,0 +1,119 @@
+"""The runner's contracts through its Python API: visual embeddings (tiny SigLIP), captions handed in as a
+callable, progress events with an ETA, stage signatures (a new model re-runs only its stage)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+pytestmark = pytest.mark.slow
+
+
+def _context(library, visual_path: str | None = None, captioner=None):
+    from indexer.context import IndexContext, Lazy
+    from indexer.embedders import load_text_embedder, load_visual_embedder
+    from indexer.ocr import load_ocr
+    from indexer.speech import load_transcriber
+
+    ctx = IndexContext(
+        library,
+        text_embedder=Lazy(load_text_embedder, "all-MiniLM-L6-v2"),
+        visual_embedder=Lazy((lambda: load_visual_embedder(visual_path)) if visual_path else None, visual_path or ""),
+        transcriber=Lazy(load_transcriber, "tiny.en"),
+        ocr=Lazy(load_ocr, "rapidocr"),
+    )
+    ctx.captioner = captioner
+    return ctx
+
+
+class FakeCaptioner:
+    """Stands in for engine/captioner.py's caption_fn(): records what it was shown."""
+
+    model_name = "fake-vlm"
+
+    def __init__(self):
+        self.calls = []
+
+    def many(self, segments):
+        out = []
+        for frames, times in segments:
+            assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+            assert len(times) == len(frames) and list(times) == sorted(times)
+            self.calls.append(list(times))
+            out.append(f"a street scene from {times[0]:.2f} s with cyclists and a taxi")
+        return out
+
+
+def test_visual_embeddings_captions_and_progress(library, bikes_mp4, tmp_path):
+    from indexer.embedders import build_tiny_siglip
+    from indexer.runner import index_paths
+    from storage.models import Embedding, Moment, StageRun, Video
+
+    siglip = build_tiny_siglip(tmp_path / "siglip")
+    captioner = FakeCaptioner()
+    events = []
+    summary = index_paths(library, [bikes_mp4], _context(library, siglip, captioner), on_progress=events.append)
+    assert summary.done == [str(bikes_mp4.resolve())], summary.describe()
+
+    with library.read() as s:
+        visual = s.scalars(select(Moment).where(Moment.modality == "visual").order_by(Moment.start)).all()
+        captions = s.scalars(select(Moment).where(Moment.modality == "caption").order_by(Moment.start)).all()
+        spaces = dict(s.execute(select(Embedding.space, func.count()).group_by(Embedding.space)).all())
+        notes = s.scalar(select(Video.notes))
+    assert len(visual) == 6 and spaces["visual"] == 6  # one image vector per shot
+    assert library.vectors("visual").count == 6
+    assert [c.start for c in captions] == [v.start for v in visual] and len(captioner.calls) == 6
+    assert all(c.thumbnail and "taxi" in c.text for c in captions)
+    assert spaces["text"] == len(captions)  # captions carry text; bikes has no speech and no on-screen text
+    assert "visual search off" not in (notes or "") and "captions off" not in (notes or "")
+    from storage.search import search
+
+    hits = search(library, "taxi", None, k=3, modalities=["caption"])
+    assert hits and hits[0].modality == "caption"
+
+    # Progress: every stage reported, the ETA known once work is done, the run ends at 100 %.
+    stages = {e.stage for e in events if e.state in ("done", "skipped")}
+    assert {"probe", "shots", "speech", "screen_text", "visual", "captions"} <= stages
+    assert any(e.eta_s is not None for e in events[1:])
+    last = events[-1]
+    assert last.state == "done" and last.media_done == pytest.approx(last.media_total) and last.fraction == 1.0
+
+    # A different visual model re-runs the visual stage only; the others stay done.
+    with library.read() as s:
+        before = {r.stage: r.finished_at for r in s.scalars(select(StageRun)).all()}
+    other = build_tiny_siglip(tmp_path / "siglip2")
+    again = index_paths(library, [bikes_mp4], _context(library, other, captioner))
+    assert again.done
+    with library.read() as s:
+        after = {r.stage: r.finished_at for r in s.scalars(select(StageRun)).all()}
+        assert s.scalar(select(func.count()).select_from(Embedding).where(Embedding.space == "visual")) == 6
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == {"visual"}, changed
+    assert sorted(library.vectors("visual").ids().tolist()) == sorted(m.id for m in _visual_moments(library))
+
+
+def _visual_moments(library):
+    from storage.models import Moment
+
+    with library.read() as s:
+        return s.scalars(select(Moment).where(Moment.modality == "visual")).all()
+
+
+def test_without_models_the_notes_say_what_is_off(library, bikes_mp4):
+    from indexer.runner import index_paths
+    from storage.models import Video
+
+    index_paths(library, [bikes_mp4], _context(library))
+    with library.read() as s:
+        notes = s.scalar(select(Video.notes))
+    assert "visual search off: no visual model configured" in notes
+    assert "captions off" in notes and "no audio track" in notes
+
+
+def test_a_missing_path_is_a_clear_error(library, tmp_path):
+    from indexer.runner import index_paths
+    from storage.errors import SightlineError
+
+    with pytest.raises(SightlineError, match="No such file or folder"):
+        index_paths(library, [tmp_path / "nope.mp4"], _context(library))
