@@ -27,6 +27,7 @@ from storage.errors import SightlineError
 DEFAULT_MAX_SIDE = 640
 DEFAULT_MIN_CONFIDENCE = 0.6
 SIMILAR = 0.8  # SequenceMatcher ratio above which two normalised reads are the same text
+MIN_CONTAINED = 4  # shortest read that may merge into a longer one by containment
 
 _engines: dict[tuple, Any] = {}
 _lock = threading.Lock()
@@ -129,12 +130,31 @@ def normalise_text(text: str) -> str:
 
 
 def similarity(a: str, b: str) -> float:
-    """0..1 for two normalised reads; numbers must agree exactly (a clock or a score that changes is new text)."""
+    """0..1 for two normalised reads; numbers must agree exactly (a clock or a score that changes is new text).
+
+    A read that is (nearly) contained in the other counts as the same text: cards and captions animate in word
+    by word, so "waiching" at 2.0 s and "thanks for watching" at 2.3 s are one card (gradio's a.mp4 does this).
+    """
     if a == b:
         return 1.0
     if not (a and b) or _DIGITS.findall(a) != _DIGITS.findall(b):
         return 0.0
-    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+    ratio = SequenceMatcher(None, a, b, autojunk=False).ratio()
+    short, long_ = sorted((a, b), key=len)
+    if ratio < SIMILAR and len(short) >= MIN_CONTAINED:
+        ratio = max(ratio, _containment(short, long_))
+    return ratio
+
+
+def _containment(short: str, long_: str) -> float:
+    """Share of `short` found in `long_` within one stretch about as long as `short` (scattered letters don't count)."""
+    blocks = [b for b in SequenceMatcher(None, short, long_, autojunk=False).get_matching_blocks() if b.size]
+    if not blocks:
+        return 0.0
+    span = blocks[-1].b + blocks[-1].size - blocks[0].b
+    if span > 1.15 * len(short) + 1:  # room for a character or two of jitter, not for a spread-out match
+        return 0.0
+    return sum(b.size for b in blocks) / len(short)
 
 
 def same_text(a: str, b: str) -> bool:
@@ -181,6 +201,8 @@ def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) ->
                 match = _Run(key=key, start=time, last=time, order=next(counter))
             else:
                 open_runs.remove(match)
+                if len(key) > len(match.key):
+                    match.key = key  # a card animating in: compare later reads with the fullest one
             match.last = time
             match.variants[raw] = match.variants.get(raw, 0) + 1
             still_open.append(match)

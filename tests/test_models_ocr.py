@@ -128,6 +128,38 @@ def test_similar_but_different_texts_do_not_merge():
     assert [r.text for r in merge_text_runs(obs, step=1.0)] == ["red car parked", "blue bus moving"]
 
 
+def test_text_animating_in_joins_the_full_text_but_scattered_letters_do_not():
+    # gradio's a.mp4 at 2.0 s shows only part of its card, read as "WAICHING"; at 2.27 s the whole card.
+    obs = [(1.75, []), (2.0, ["WAICHING"]), (2.25, ["THANKS FOR WATCHING"]), (2.5, ["THANKS FOR WATCHING"])]
+    assert merge_text_runs(obs, step=0.25) == [TextRun(2.0, 2.75, "THANKS FOR WATCHING")]
+    obs = [(0.0, ["THANKS"]), (1.0, ["THANKS FOR"]), (2.0, ["THANKS FOR WATCHING"]), (3.0, ["THANKS FOR WATCHING"])]
+    assert merge_text_runs(obs, step=1.0) == [TextRun(0.0, 4.0, "THANKS FOR WATCHING")]
+    # e-x-i-t occur in order in "the next item" but spread over it: not the same sign.
+    obs = [(0.0, ["EXIT"]), (1.0, ["the next item"])]
+    assert [r.text for r in merge_text_runs(obs, step=1.0)] == ["EXIT", "the next item"]
+    # Too short to merge by containment.
+    obs = [(0.0, ["ON"]), (1.0, ["ONE WAY"])]
+    assert len(merge_text_runs(obs, step=1.0)) == 2
+
+
+@pytest.mark.slow
+def test_card_sampled_at_one_fps_gives_one_run_from_its_first_readable_frame(ocr, card_mp4):
+    import av
+
+    observations, next_t = [], 0.0
+    with av.open(str(card_mp4)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            t = float(frame.pts * stream.time_base)
+            if t + 1e-6 >= next_t:
+                observations.append((t, [text for text, _ in ocr.read(frame.to_ndarray(format="rgb24"))]))
+                next_t += 1.0
+    runs = merge_text_runs(observations, step=1.0)
+    # Read at 0.25 s steps the card is first legible at 2.0 s ("WAICHING") and whole from 2.27 s to 5.0 s.
+    assert [(r.start, r.text) for r in runs] == [(2.0, "THANKS FOR WATCHING")], observations
+    assert 5.0 <= runs[0].end <= 6.0, runs
+
+
 def test_duplicates_within_a_sample_and_unsorted_input_and_empty_reads():
     obs = [(2.0, ["SALE", "sale!"]), (0.0, []), (1.0, ["SALE", "  "])]
     assert merge_text_runs(obs, step=1.0) == [TextRun(1.0, 3.0, "SALE")]
