@@ -487,12 +487,9 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             if not lv.is_video_file(path):
                 raise SightlineError(f"{path.name} is not a supported video file.",
                                      hint=f"Supported: {', '.join(lv.VIDEO_EXTENSIONS)}.")
-            found = 1
-        else:
-            found = next((1 for f in path.rglob("*") if lv.is_video_file(f) and f.is_file()), 0)
-            if not found:
-                raise SightlineError(f"No video files in {path}.",
-                                     hint=f"Sightline indexes {', '.join(lv.VIDEO_EXTENSIONS)} files.")
+        elif not any(lv.is_video_file(f) and f.is_file() for f in path.rglob("*")):  # stops at the first video
+            raise SightlineError(f"No video files in {path}.",
+                                 hint=f"Sightline indexes {', '.join(lv.VIDEO_EXTENSIONS)} files.")
         worker.submit([str(path)])
         return f"Indexing the videos of {path} in the background.", ""
 
@@ -535,7 +532,8 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
 
     @user_errors
     def remove(video):
-        if not str(video or "").strip().isdigit():
+        text = str(video or "").strip()
+        if not (text.isdigit() and len(text) < 12):
             raise SightlineError("Pick a video of the library to remove.")
         path = lv.remove(library, int(video))
         served.sync()

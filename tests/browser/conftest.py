@@ -158,7 +158,10 @@ def video_state(page) -> dict:
 
 
 def yellow_fraction(page) -> float:
-    """Share of the player's current frame that is the end card's yellow (drawn through a canvas)."""
+    """Share of the player's current frame that is the end card's yellow (drawn through a canvas).
+
+    For gradio's a.mp4 at this size: 0 before 2 s, 0.002 at 2.0 s as the letters slide in, 0.011 at 2.5-4 s.
+    """
     return page.evaluate("""() => { const v = document.querySelector('#player video');
         const c = document.createElement('canvas'); c.width = 192; c.height = 108;
         const g = c.getContext('2d'); g.drawImage(v, 0, 0, c.width, c.height);
