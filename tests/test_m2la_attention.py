@@ -334,3 +334,23 @@ def test_path_choice_and_override():
         assert attention_path("latent", 1) == "expanded"
         assert attention_path("stock", 1) == "stock"
     assert attention_path("latent", 1) == "absorbed"
+
+
+def test_install_refuses_a_module_whose_forward_it_cannot_drive():
+    class OtherSignature(torch.nn.Module):  # M²LA projections, but a forward that wants position ids
+        def __init__(self):
+            super().__init__()
+            self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = 2, 8, 8, 8
+            self.q_proj = torch.nn.Linear(16, 2 * 16)
+            self.kv_a_proj_with_mqa = torch.nn.Linear(16, 12 + 8)
+            self.kv_b_proj = torch.nn.Linear(12, 2 * 16, bias=False)
+            self.o_proj = torch.nn.Linear(16, 16, bias=False)
+
+        def forward(self, hidden_states, position_ids):
+            return self.o_proj(hidden_states), None
+
+    model = torch.nn.Sequential(OtherSignature())
+    with pytest.raises(SightlineError) as err:
+        install_latent_attention(model)
+    assert "Could not run 0's own attention" in err.value.user_text()
+    assert isinstance(model[0], OtherSignature)

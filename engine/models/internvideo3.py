@@ -711,7 +711,14 @@ def install_latent_attention(model: nn.Module, verify: bool = True) -> list[str]
             ref = module
             if module is latent:  # our own layer: its stock path is the reference
                 ref = _StockView(module)
-            err = verify_latent_module(ref, latent)
+            try:
+                err = verify_latent_module(ref, latent)
+            except Exception as exc:  # noqa: BLE001 - a forward we cannot drive is a refusal, not a crash
+                raise SightlineError(
+                    f"Could not run {name}'s own attention to verify the M²LA latent path "
+                    f"({type(exc).__name__}: {exc}).",
+                    hint="This checkpoint's attention takes other inputs than Qwen3-VL's; use the model's own cache.",
+                ) from exc
             tol = _tolerance(latent.o_proj.weight.dtype)
             if not err <= tol:
                 raise SightlineError(
