@@ -12,17 +12,22 @@ Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-l
 - up to EXACT_LIMIT (100k) vectors: `IndexIDMap2(IndexFlatIP)`, exact. 100k x 384 floats is 150 MB and one
   query scans it in a few ms; no training, so a small library is exact and its results never change with the
   index build.
-- above: `IndexIVFScalarQuantizer` (inverted file, 8-bit scalar-quantized codes, inner product), nlist =
-  4 * sqrt(n) rounded to a power of two (4096 at 1M), nprobe = IVF_NPROBE (32). Why this one:
-  * Flat at 1M costs ~100+ ms per query on these cores (it reads 1.5 GB per query): over the 50 ms budget.
-  * IVF reads nprobe/nlist of the data (~1% here): a few ms per query; its recall@10 against exact search is
-    what the benchmark reports (0.9+ at nprobe 32). nprobe is a per-query knob (raise it for recall).
-  * SQ8 codes are 4x smaller than float32 (384 MB instead of 1.5 GB at 1M) for a recall loss of about a
-    point against IVF-Flat at the same nprobe (the benchmark prints both); memory matters on a laptop that
-    also runs Whisper, OCR and a VLM.
+- above: `IndexIVFScalarQuantizer` (inverted file, 8-bit scalar-quantized codes, inner product), nlist ~
+  sqrt(n) rounded to a power of two (1024 at 1M), nprobe = IVF_NPROBE (16), k-means on a 100k sample with
+  10 iterations. Why this one:
+  * Flat at 1M reads 1.5 GB per query: ~100+ ms on these cores, over the 50 ms budget by itself.
+  * IVF reads nprobe/nlist of the data (16/1024 = 1.6% here): a few ms per query. Its recall@10 against
+    exact search is what the benchmark reports for nprobe 8..64; nprobe is also a per-query argument of
+    `search` for callers that want more recall.
+  * SQ8 codes are 4x smaller than float32 (384 MB instead of 1.5 GB at 1M) and, on 384-d MiniLM vectors,
+    rank like the float vectors to within a point of recall@10 (the benchmark prints IVF-Flat on the same
+    lists beside it). Memory matters on a machine that also runs Whisper, OCR and a VLM.
   * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not, and its graph takes
-    minutes to build at 1M on two cores. PQ would shrink memory further but its recall@10 at this dimension
-    needs a re-ranking stage with the full vectors, i.e. the memory we were saving.
+    many minutes to build at 1M on two cores. PQ would shrink memory further but loses recall@10 at this
+    dimension unless a re-ranking stage reads the full vectors, i.e. the memory it saved.
+  * nlist ~ sqrt(n) rather than the textbook 4-16 sqrt(n): k-means and the assignment of every vector cost
+    nlist x n x d, and a library is rebuilt on a user's two cores (4096 lists would cost 4x more in both);
+    1024 lists still scan only 1.6% of the vectors per query.
   A flat store that grows past EXACT_LIMIT through `add` is rebuilt as IVF from SQLite at that point, and an
   IVF store is rebuilt once it holds REBUILD_GROWTH (4) times the vectors it was trained on, so nlist keeps
   up with the library.
@@ -272,7 +277,7 @@ class VectorStore:
         """A flat index past EXACT_LIMIT, or an IVF index at REBUILD_GROWTH x the size it was trained for."""
         if not is_ivf(self.index):
             return count > EXACT_LIMIT
-        return count > REBUILD_GROWTH * max(1, self.meta.get("built_count") or 0)
+        return count > REBUILD_GROWTH * max(1, self.meta.get("built_count") or self.index.ntotal)
 
     def remove(self, ids) -> None:
         """Remove the vectors of these moment ids (already deleted from SQLite), and save."""
