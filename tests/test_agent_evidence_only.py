@@ -153,3 +153,32 @@ def test_cli_ask_scoped_text_output(speech_library, monkeypatch):
     assert "vlm_model is 'none'" in result.output  # the reason load_vlm gave
     lines = [ln for ln in result.output.splitlines() if ln.startswith("  - ")]
     assert lines and "bikes_dagger.mp4" in lines[0] and "[speech]" in lines[0] and "dagger" in lines[0].lower()
+
+
+@pytest.mark.slow
+def test_cli_ask_json_in_agent_mode_cites_verified_real_windows(speech_library, monkeypatch):
+    """`ask --json` with a model: the same JSON shape, evidence from the real library, verified on real frames."""
+    from app.services import Services
+    from tests.agent_doubles import ScriptedChat, call
+
+    library, clip = speech_library
+    model = ScriptedChat([call("search", query="dagger"),
+                          call("finish", answer="She says it right after the start.",
+                               evidence=[{"video": 1, "start": 2.5, "end": 3.0}])],
+                         verdicts=["YES, the transcript says I sleep with the dagger."])
+    monkeypatch.setattr(Services, "vlm", lambda self: (model, ""))
+    result = _ask(library, "when does she say she sleeps with a dagger", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert set(out) == {"answer", "evidence", "mode"} and out["mode"] == "agent", out
+    for e in out["evidence"]:
+        assert_moment(e, duration=10.0, evidence=True)
+        assert e["moment_id"] is not None or e["verified"] is True
+    top = out["evidence"][0]
+    assert top["verified"] is True and top["modality"] == "speech" and abs(top["start"] - DAGGER) <= 1.0, out
+    # the verifier was shown the real frames of that moment (PTS times, >= 2 fps) and what was said there
+    [check] = model.verify_calls()
+    frames = check["clips"][0]
+    assert frames.frames.shape[-1] == 3 and abs(frames.timestamps[0] - top["start"]) <= 0.1
+    assert all(b - a <= 0.55 for a, b in zip(frames.timestamps, frames.timestamps[1:]))
+    assert "dagger" in check["messages"][-1]["content"].lower()

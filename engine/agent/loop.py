@@ -54,7 +54,7 @@ def check_question(question: str) -> str:
 
 def _clean_answer(text: str) -> str:
     """A model's free text as an answer: no thinking, no tool-call markup."""
-    visible, _ = strip_thinking(text or "")
+    visible, _ = strip_thinking((text or "").replace("\ufffd", ""))  # no broken-byte debris
     visible = re.sub(r"<tool_call>.*?(</tool_call>|$)", "", visible, flags=re.S)
     visible = re.sub(r"```.*?(```|$)", "", visible, flags=re.S)
     return " ".join(visible.split())
