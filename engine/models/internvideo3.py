@@ -15,7 +15,10 @@ Two paths live side by side (STYLE 11):
   expand K/V from the cached latents and run the model's attention kernel; short chunks (decode, a follow-up
   question) use the absorbed form: q~_h = W_UK_h^T q_nope_h scores against c directly, and W_UV_h is applied
   after the attention-weighted sum of latents.
-`attention_path()` picks; `force_attention_path()` overrides it for tests.
+`attention_path()` picks; `force_attention_path()` overrides it for tests. The absorbed form runs as two
+matmuls on the CPU and as one MQA scaled_dot_product_attention call on CUDA (`absorbed_kernel()`, override
+`force_absorbed_kernel()`): the query rows are the heads, the key is [c ; k_pe] read straight from the cache's
+single buffer, the value is c, a view of the same buffer.
 """
 
 from __future__ import annotations
