@@ -106,14 +106,16 @@ class Services:
         """The agent's tools over this library (the agent never opens the database itself)."""
         from engine.agent.library_tools import LibraryTools
 
-        return LibraryTools(self.library, self.text_embedder)
+        return LibraryTools(self.library, lambda texts: self.text_embedder(texts))  # loads on first search
 
     def ask(self, question: str, video: str | int | None = None, on_step=None):
         """Answer a question over the library or one video; evidence-only (with the reason) when no model loads."""
-        from engine.agent import answer, check_question
+        from engine.agent import answer, check_library, check_question
 
-        question = check_question(question)  # a bad question fails before any model loads
+        question = check_question(question)  # a bad question or an empty library fails before any model loads
         video_id = self.library.video_by_ref(video).id if video not in (None, "") else None
+        tools = self.agent_tools()
+        check_library(tools)
         chat, reason = self.vlm()
-        return answer(question, self.agent_tools(), chat, video_id=video_id, on_step=on_step,
+        return answer(question, tools, chat, video_id=video_id, on_step=on_step,
                       max_steps=self.settings.agent_steps, no_model_reason=reason)

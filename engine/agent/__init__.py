@@ -6,8 +6,8 @@ answers in evidence-only mode. Tools are handed in (`LibraryTools` is the one th
 
 from engine.agent.context import Budget, Step, ToolBackend, VideoInfo
 from engine.agent.evidence import Evidence
-from engine.agent.loop import AgentResult, answer, check_question
+from engine.agent.loop import AgentResult, answer, check_library, check_question
 from engine.agent.tools import DEFAULT_TOOLS
 
 __all__ = ["AgentResult", "Budget", "DEFAULT_TOOLS", "Evidence", "Step", "ToolBackend", "VideoInfo", "answer",
-           "check_question"]
+           "check_library", "check_question"]

@@ -52,6 +52,13 @@ def check_question(question: str) -> str:
     return question
 
 
+def check_library(tools: ToolBackend) -> None:
+    """A library with nothing indexed cannot answer anything: say so (before any model is loaded)."""
+    if not tools.videos():
+        raise SightlineError("The library has no indexed videos yet, so there is nothing to answer from.",
+                             hint="Index a folder first: sightline index PATH (or add one in the Library tab).")
+
+
 def _clean_answer(text: str) -> str:
     """A model's free text as an answer: no thinking, no tool-call markup."""
     visible, _ = strip_thinking((text or "").replace("\ufffd", ""))  # no broken-byte debris
@@ -100,9 +107,7 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
            no_model_reason: str = "") -> AgentResult:
     """Answer a question over the library (or one video) with evidence; evidence-only when `vlm` is None."""
     question = check_question(question)
-    if not tools.videos():
-        raise SightlineError("The library has no indexed videos yet, so there is nothing to answer from.",
-                             hint="Index a folder first: sightline index PATH (or add one in the Library tab).")
+    check_library(tools)
     if vlm is None:
         from engine.agent.evidence_only import evidence_only
 
