@@ -59,9 +59,21 @@ def _calibration(model, n=20, seed=0):
 
 
 def test_full_rank_conversion_is_exact_without_norms_and_one_kv_head():
+    import copy
+
     model = _tiny_qwen(kv_heads=1, norms=False)
+    original = copy.deepcopy(model.model.language_model.layers[0].self_attn)
     report = convert_model(model, rank=None, calibration=_calibration(model))
-    print(f"full-rank GQA->M²LA (1 kv head, no q/k norm, fp64): max abs logit diff {report.logit_max_abs_diff:.3e}")
+    # Model logits pass through Qwen's RMSNorm, which computes in fp32; the layer itself is compared in fp64.
+    x = torch.randn(1, 20, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cos, sin = model.model.language_model.rotary_emb(x, torch.arange(20)[None].expand(3, 1, 20))
+    mask = torch.full((20, 20), float("-inf"), dtype=torch.float64).triu(1)[None, None]
+    with torch.no_grad():
+        ref = original(x, (cos, sin), mask)[0]
+        layer_diff = (model.model.language_model.layers[0].self_attn(x, (cos, sin), mask)[0] - ref).abs().max().item()
+    print(f"full-rank GQA->M²LA (1 kv head, no q/k norm, fp64): max abs logit diff {report.logit_max_abs_diff:.3e}, "
+          f"attention layer max abs diff {layer_diff:.3e} (|out| up to {ref.abs().max().item():.2f})")
+    assert layer_diff < 1e-12
     assert report.exact, report.to_dict()
     assert report.logit_max_abs > 0.5, "logits must be of visible size for the check to mean anything"
     assert report.logit_max_abs_diff <= 1e-9, report.to_dict()
