@@ -204,6 +204,8 @@ class VectorStore:
             return "index file unreadable"
         if index.ntotal != expected["count"]:
             return "index file holds another count"
+        if is_ivf(index):
+            index.nprobe = min(IVF_NPROBE, index.nlist)  # the setting of this version, not of the saved file
         self.index, self.meta, self._loaded_mtime = index, meta, self._mtime()
         return None
 
