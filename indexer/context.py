@@ -33,7 +33,7 @@ class IndexOptions:
     ocr_gate_side: int = 320
     visual_span: float = 10.0  # a shot longer than this gets one visual moment per span
     thumb_side: int = 320
-    audio_chunk_s: float = 600.0
+    audio_chunk_s: float = 120.0  # speech is transcribed in chunks this long: memory flat in the length
 
 
 @dataclass

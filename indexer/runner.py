@@ -381,6 +381,12 @@ def index_paths(library, paths: Iterable[str | Path], ctx: IndexContext,
             continue
         plans.append((path, video, pending))
     media_total = sum(_known_duration(library, v.id) or _quick_duration(v) for _, v, _ in plans)
+
+    def set_totals(s):
+        job = s.get(Job, job_id)
+        job.files_total, job.media_seconds_total = len(plans), media_total
+
+    library.write(set_totals)
     progress = _Progress(library, job_id, len(plans), media_total, on_progress, show_progress)
     status = "done"
     try:

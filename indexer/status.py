@@ -25,7 +25,8 @@ def library_status(library) -> dict:
         job = s.scalars(select(Job).order_by(Job.id.desc()).limit(1)).first()
         last_job = None if job is None else {
             "id": job.id, "status": job.status, "files_total": job.files_total, "files_done": job.files_done,
-            "media_seconds_done": job.media_seconds_done, "created_at": job.created_at,
+            "media_seconds_total": job.media_seconds_total, "media_seconds_done": job.media_seconds_done,
+            "created_at": job.created_at,
             "finished_at": job.finished_at}
     return {"library": str(library.folder), "counts": counts, "moments": sum(moments.values()),
             "moments_by_modality": moments, "videos": videos, "last_job": last_job}
