@@ -199,7 +199,7 @@ def measure(folder: Path, n_queries: int, k: int) -> dict:
 
     from indexer.embedders import load_text_embedder
     from storage import Library, SightlineError
-    from storage.search import FTS_SAMPLE, FTS_TERM_CAP, keyword_ranking, search
+    from storage.search import FTS_TERM_CAP, keyword_ranking, search
 
     vocab = json.loads((folder / "vocab.json").read_text())
     queries = make_queries(vocab, n_queries)
@@ -316,7 +316,7 @@ def measure(folder: Path, n_queries: int, k: int) -> dict:
     result["fts"] = {"naive_orderby_bm25_the_ms": round(naive_the * 1000, 1),
                      "naive_orderby_bm25_common_word_ms": round(naive_common * 1000, 1),
                      "common_word": common, "common_word_matches": matches_common,
-                     "bounded_the_ms": round(bounded_the * 1000, 1), "term_cap": FTS_TERM_CAP, "sample": FTS_SAMPLE,
+                     "bounded_the_ms": round(bounded_the * 1000, 1), "term_cap": FTS_TERM_CAP,
                      "keyword_p50_ms": pct(kw_times, 50), "keyword_p95_ms": pct(kw_times, 95)}
 
     lib.close()

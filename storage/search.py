@@ -6,9 +6,12 @@ Retrievers, each giving a ranked list of moment ids:
   (over "the" in 1M moments that takes seconds): each query word's match count is probed with
   `LIMIT FTS_TERM_CAP + 1`; words that match more rows than that are "common" (their bm25 weight is small
   anyway) and are left out of the ranked query when rarer words exist, so bm25 runs over at most
-  (rare words x FTS_TERM_CAP) rows. A query made only of common words requires all of them (AND) and ranks
-  the newest FTS_SAMPLE matches: a bounded sample, not the global best; the vector retriever carries such
-  queries. benchmarks/search_latency.py measures both the naive ORDER BY and this.
+  (rare words x FTS_TERM_CAP) rows. A query made only of common words requires all of them (AND) and
+  returns the newest matches unranked: even bm25's IDF scans each word's whole doclist (~20 ms at 1M), and
+  such words carry little keyword signal; the vector retriever carries these queries. With a filter whose
+  moments lie in a narrow id range (one video: its rows are written together) the FTS5 query also gets
+  `rowid BETWEEN lo AND hi`, which FTS5 seeks to instead of walking the whole doclist (250 ms -> 15 ms for a
+  common word at 1M). benchmarks/search_latency.py measures the naive ORDER BY bm25 beside this.
 - `text`: MiniLM query vector -> FAISS inner product over the `text` space (cosine; below
   MIN_TEXT_SIMILARITY a vector hit is noise and is dropped).
 - `visual`: the same for the `visual` space (CLIP/SigLIP text tower), when the library has one.
@@ -50,7 +53,6 @@ RRF_K = 60  # the usual constant: damps the head of each list so one list cannot
 MAX_QUERY_CHARS = 2000
 MAX_QUERY_WORDS = 16
 FTS_TERM_CAP = 5_000  # a word matching more moments than this is "common" (see the module docstring)
-FTS_SAMPLE = 1_000  # a query of common words only ranks this many of its matches (the newest)
 MIN_TEXT_SIMILARITY = 0.1  # MiniLM cosine below this is unrelated text
 SEARCH_DEADLINE_S = 5.0
 MERGE_GAP_S = 0.5  # same text within this gap counts as one moment
@@ -130,9 +132,11 @@ def _filter_sql(modalities: Sequence[str] | None, video_ids: Sequence[int] | Non
 
 
 def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | None = None,
-                    video_ids: Sequence[int] | None = None,
-                    deadline_s: float | None = None) -> list[tuple[int, float]]:
-    """(moment id, keyword score) matching the words of the query, best first."""
+                    video_ids: Sequence[int] | None = None, deadline_s: float | None = None,
+                    id_range: tuple[int, int] | None = None) -> list[tuple[int, float | None]]:
+    """(moment id, keyword score or None when unranked) matching the words of the query, best first.
+
+    `id_range`: every allowed moment id lies in [lo, hi] (a hint that narrows the FTS5 scan)."""
     words = query_words(query)
     if not words:
         return []
@@ -142,6 +146,10 @@ def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | Non
     # CROSS JOIN keeps FTS5 as the outer loop: the planner's other choice (MATCH once per filtered row) is
     # orders of magnitude slower on a big library.
     join = f" CROSS JOIN moments ON moments.id = moments_fts.rowid AND {where}" if where else ""
+    narrow = ""
+    if id_range is not None:
+        narrow = " AND moments_fts.rowid BETWEEN :lo AND :hi"
+        params.update(lo=int(id_range[0]), hi=int(id_range[1]))
     with library.read(deadline_s) as s:
         conn = s.connection()
         counts = {}
@@ -153,18 +161,20 @@ def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | Non
         common = [w for w in words if counts[w] > FTS_TERM_CAP]
         if rare:  # every match is ranked: at most len(rare) * FTS_TERM_CAP rows
             sql = (f"SELECT moments_fts.rowid, bm25(moments_fts) FROM moments_fts{join} "
-                   "WHERE moments_fts MATCH :q ORDER BY bm25(moments_fts) LIMIT :n")
+                   f"WHERE moments_fts MATCH :q{narrow} ORDER BY bm25(moments_fts) LIMIT :n")
             limit = n
             match = " OR ".join(f'"{w}"' for w in rare)
-        elif common:  # only common words: all of them must match; rank a bounded sample, the newest rows
-            sql = (f"SELECT moments_fts.rowid, bm25(moments_fts) FROM moments_fts{join} "
-                   "WHERE moments_fts MATCH :q ORDER BY moments_fts.rowid DESC LIMIT :n")
-            limit = FTS_SAMPLE
+        elif common:  # only common words: all of them must match; the newest rows, unranked
+            sql = (f"SELECT moments_fts.rowid, NULL FROM moments_fts{join} "
+                   f"WHERE moments_fts MATCH :q{narrow} ORDER BY moments_fts.rowid DESC LIMIT :n")
+            limit = n
             match = " AND ".join(f'"{w}"' for w in common)
         else:
             return []
         rows = conn.exec_driver_sql(_named_to_qmark(sql), _qmark_params(sql, {**params, "q": match, "n": limit}))
         rows = rows.all()
+    if rows and rows[0][1] is None:
+        return [(int(r[0]), None) for r in rows[:n]]
     rows.sort(key=lambda r: r[1])  # bm25: lower is better
     return [(int(r[0]), -float(r[1])) for r in rows[:n]]
 
@@ -331,12 +341,15 @@ def search(
         raise SightlineError(f"k must be at least 1, got {k}.", hint="Ask for one or more moments.")
     deadline = _Deadline(deadline_s)
     n = max(50, 5 * k)  # each retriever's list: deep enough for fusion to matter
+    subset = allowed_ids(library, modalities, video_ids, deadline.left())  # cached; None without filters
+    id_range = None
+    if subset is not None and len(subset) and int(subset.max()) - int(subset.min()) < 4 * len(subset):
+        id_range = (int(subset.min()), int(subset.max()))  # e.g. one video: its moments were written together
     rankings: dict[str, list] = {
-        "keyword": keyword_ranking(library, query, n, modalities, video_ids, deadline.left())}
+        "keyword": keyword_ranking(library, query, n, modalities, video_ids, deadline.left(), id_range)}
     wanted = [(space, fn) for space, fn in (("text", embed_text), ("visual", embed_visual_text))
               if fn is not None and _has_vectors(library, space)]
     if wanted:
-        subset = allowed_ids(library, modalities, video_ids, deadline.left())
         for space, fn in wanted:
             vector = np.asarray(fn([query]), dtype=np.float32)[0]
             floor = MIN_TEXT_SIMILARITY if space == "text" else None

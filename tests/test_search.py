@@ -123,13 +123,15 @@ def test_filters_stay_exact_on_a_big_ivf_library(tmp_path, monkeypatch):
 
 def test_keyword_search_is_bounded_for_common_words(lib, monkeypatch):
     monkeypatch.setattr(search_mod, "FTS_TERM_CAP", 2)  # "the" (4 moments) is now a common word
-    monkeypatch.setattr(search_mod, "FTS_SAMPLE", 2)
     ranked = keyword_ranking(lib, "the river", 10)
     with lib.read() as s:
         texts = dict(s.execute(search_mod.select(search_mod.Moment.id, search_mod.Moment.text)).all())
     assert [texts[i] for i, _ in ranked] == ["a dog runs along the river"]  # ranked on the rare word only
-    ranked = keyword_ranking(lib, "the", 10)  # only common words: a bounded sample of matches
-    assert len(ranked) == 2 and all("the" in texts[i].split() for i, _ in ranked)
+    ranked = keyword_ranking(lib, "the", 3)  # only common words: the newest matches, unranked
+    the_ids = sorted((i for i, t in texts.items() if "the" in t.lower().split()), reverse=True)
+    assert ranked == [(i, None) for i in the_ids[:3]]
+    ranked = keyword_ranking(lib, "the", 10, id_range=(the_ids[1], the_ids[0]))  # the range narrows the scan
+    assert [i for i, _ in ranked] == the_ids[:2]
     assert keyword_ranking(lib, "nothingmatches", 10) == []
     assert keyword_ranking(lib, '"; DROP TABLE moments; --', 10) == []  # words are quoted for FTS5
 
