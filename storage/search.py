@@ -36,6 +36,7 @@ Every SQL statement of a search runs under one deadline (`deadline_s`); past it 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ import numpy as np
 from sqlalchemy import case, func, literal, or_, select
 
 from storage.errors import SightlineError
-from storage.models import MODALITIES, Embedding, Moment, Video
+from storage.models import MODALITIES, Moment, Video
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) float32, L2-normalised
 
@@ -287,7 +288,8 @@ def hits_for(library, fused: list[tuple[int, float, dict]], deadline_s: float | 
         if mid not in rows:
             continue  # deleted since the index was read
         _, video_id, path, start, end, modality, text_, thumbnail = rows[mid]
-        thumb = str(library.path_of(thumbnail).resolve()) if thumbnail else None
+        # library.folder is already absolute and resolved: a join, not Path.resolve() (8 ms per search at k=50)
+        thumb = os.path.normpath(os.path.join(library.folder, thumbnail)) if thumbnail else None
         out.append(MomentHit(mid, video_id, path, start, end, modality, text_, round(score, 4), thumb,
                              sources=dict(src)))
     return out
@@ -318,8 +320,9 @@ def merge_overlapping(hits: list[MomentHit]) -> list[MomentHit]:
 
 
 def _has_vectors(library, space: str) -> bool:
-    with library.read() as s:  # one lookup in the (space, moment_id) index
-        return s.scalar(select(Embedding.moment_id).where(Embedding.space == space).limit(1)) is not None
+    store = library.vectors(space)  # opened once per library, reconciled with SQLite on open
+    store.refresh()  # another process (the indexer) may have saved a newer index
+    return store.count > 0
 
 
 def search(

@@ -376,6 +376,10 @@ class VectorStore:
         os.replace(tmp_meta, self.meta_path)  # written last: the pair is valid once this lands
         self._loaded_mtime = self._mtime()
 
+    def refresh(self) -> None:
+        """Load the saved index again if another process (the indexer beside a running UI) saved a newer one."""
+        self._reload_if_changed()
+
     def _reload_if_changed(self) -> None:
         """Another process (the CLI indexer beside a running UI) may have saved a newer index."""
         if self._mtime() != self._loaded_mtime:
