@@ -306,7 +306,7 @@ class _Progress:
         done = self.media_done + self.partial
         elapsed = time.time() - self.started
         remaining = max(0.0, self.media_total - done)
-        if done > 0 and elapsed > 1.0:
+        if done > 0 and elapsed > 0:
             return remaining * elapsed / done
         if self.history_rate:
             return remaining * self.history_rate
