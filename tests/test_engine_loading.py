@@ -259,8 +259,6 @@ def test_internvideo3_nf4_on_cpu_keeps_kv_b_proj_dense(iv3_dir, tmp_path):
     assert isinstance(chat.chat([{"role": "user", "content": "What happens?"}], max_new_tokens=4), str)
 
 
-@pytest.mark.xfail(reason="engine-m2la: verify_latent_module builds a bf16 input when o_proj is 4-bit, but a CPU "
-                   "nf4 load keeps kv_b_proj in float32 (dtype mismatch); chat falls back to the plain path")
 def test_internvideo3_nf4_on_cpu_uses_the_latent_cache(iv3_dir, tmp_path):
     chat = load_vlm(str(iv3_dir), quantization="nf4", library=tmp_path)
     assert chat.describe()["generation"] == "latent-cache", chat.describe().get("latent_cache_unavailable")

@@ -655,9 +655,11 @@ def verify_latent_module(reference: nn.Module, latent: InternVideo3LatentAttenti
     path (prefill tokens-1 through a latent cache, then one absorbed decode step), relative to max(1, |ref|)."""
     from engine.latent_cache import LatentCache
 
-    p = latent.o_proj.weight
-    dtype = p.dtype if p.dtype.is_floating_point else torch.bfloat16
-    device = p.device
+    # The states arrive in the dtype of the dense weights; with 4-bit projections that is the dtype the loader
+    # kept for the rest (kv_b_proj stays dense for the absorbed path), or the 4-bit layers' compute dtype.
+    dense = [w.dtype for w in (latent.o_proj.weight, latent.kv_b_proj.weight) if w.dtype.is_floating_point]
+    dtype = dense[0] if dense else getattr(latent.o_proj, "compute_dtype", None) or torch.bfloat16
+    device = latent.o_proj.weight.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(1, tokens, latent.q_proj.in_features, generator=gen, dtype=torch.float32).to(device, dtype)
     pos = torch.arange(tokens, device=device) * 3 + 1
