@@ -32,6 +32,7 @@ speech segments) are merged: the best one stays; when their texts agree its span
 ids are listed in `sources["merged"]`. Thumbnails are returned as absolute paths.
 
 Every SQL statement of a search runs under one deadline (`deadline_s`); past it SightlineError is raised.
+The keyword ranking runs on a helper thread while the query is embedded and FAISS is searched.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -101,6 +103,9 @@ def query_words(query: str) -> list[str]:
     for w in re.findall(r"\w+", query.lower()):
         seen.setdefault(w, None)
     return list(seen)[:MAX_QUERY_WORDS]
+
+
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sightline-search")
 
 
 class _Deadline:
@@ -348,15 +353,19 @@ def search(
     id_range = None
     if subset is not None and len(subset) and int(subset.max()) - int(subset.min()) < 4 * len(subset):
         id_range = (int(subset.min()), int(subset.max()))  # e.g. one video: its moments were written together
-    rankings: dict[str, list] = {
-        "keyword": keyword_ranking(library, query, n, modalities, video_ids, deadline.left(), id_range)}
-    wanted = [(space, fn) for space, fn in (("text", embed_text), ("visual", embed_visual_text))
-              if fn is not None and _has_vectors(library, space)]
-    if wanted:
-        for space, fn in wanted:
-            vector = np.asarray(fn([query]), dtype=np.float32)[0]
-            floor = MIN_TEXT_SIMILARITY if space == "text" else None
-            rankings[space] = vector_ranking(library, space, vector, n, subset, floor)
+    # The keyword ranking (SQLite) runs on a helper thread while this one embeds the query (torch) and asks
+    # FAISS: both release the GIL, so on two cores the slower of the two sets the latency, not their sum.
+    keyword = _POOL.submit(keyword_ranking, library, query, n, modalities, video_ids, deadline.left(), id_range)
+    rankings: dict[str, list] = {}
+    try:
+        for space, fn in (("text", embed_text), ("visual", embed_visual_text)):
+            if fn is not None and _has_vectors(library, space):
+                vector = np.asarray(fn([query]), dtype=np.float32)[0]
+                floor = MIN_TEXT_SIMILARITY if space == "text" else None
+                rankings[space] = vector_ranking(library, space, vector, n, subset, floor)
+    finally:
+        keyword_hits = keyword.result()  # waits even when embedding failed: no query left running behind
+    rankings = {"keyword": keyword_hits, **rankings}
     fused = fuse(rankings)[: 4 * k + 10]  # extra candidates: merging overlaps removes some
     hits = merge_overlapping(hits_for(library, fused, deadline.left()))
     return hits[:k]
