@@ -209,6 +209,15 @@ class Library:
                 self._vectors[space] = VectorStore.open(self, space)
             return self._vectors[space]
 
+    def rebuild_vectors(self, space: str | None = None) -> dict[str, int]:
+        """Rebuild the FAISS index of one space (or of every space) from SQLite; returns {space: vectors}."""
+        counts = {}
+        for name in [space] if space else self.vector_spaces():
+            store = self.vectors(name)
+            store.rebuild()
+            counts[name] = store.count
+        return counts
+
     def vector_spaces(self) -> list[str]:
         """Embedding spaces present, by a skip-scan of the space index (DISTINCT would read every row)."""
         with self.read() as s:
