@@ -16,15 +16,16 @@ Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-l
   sqrt(n) rounded to a power of two (1024 at 1M), nprobe = IVF_NPROBE (32), k-means on a 100k sample with
   10 iterations. Why this one:
   * Flat at 1M reads 1.5 GB per query: ~100+ ms on these cores, over the 50 ms budget by itself.
-  * IVF reads nprobe/nlist of the data (32/1024 = 3% here). Measured at 1M with 250 real MiniLM queries,
-    on the shared machine (load average ~10 on 2 cores, so times are inflated several-fold): exact flat
-    1330 ms/query; IVF-SQ8 nprobe 8/16/32/64: recall@10 0.66/0.72/0.79/0.85 at p50 1.1/3.0/9.2/16 ms.
+  * IVF reads nprobe/nlist of the data (32/1024 = 3% here). Measured at 1M with 250 real MiniLM queries
+    on the shared 2-core machine (load average 2-3 from other work; flat varied 200-1300 ms with the load):
+    exact flat ~360 ms/query; IVF-SQ8 nprobe 8/16/32/64: recall@10 0.66/0.72/0.79/0.85 at p50
+    0.9/2.1/4.5/8.9 ms, p95 1.5/3.0/6.3/12.0 ms.
     nprobe 32 is the middle of that curve; it is also a per-query argument of `VectorStore.search`. (The
     synthetic queries are random word mixes whose neighbours scatter over many lists; on real captions
     and transcripts recall at the same nprobe should be higher, but that is not measured here.)
   * SQ8 codes are 4x smaller than float32 (384 MB instead of 1.5 GB at 1M) and rank like the float vectors
-    to within a point of recall@10 (IVF-Flat on the same lists: 0.73/0.80/0.86 at nprobe 16/32/64) while
-    scanning faster (less memory to read). Memory matters on a machine that also runs Whisper, OCR, a VLM.
+    to within a point of recall@10 (IVF-Flat on the same lists: 0.73/0.80/0.86 at nprobe 16/32/64, p50
+    3.5/6.5/15.7 ms) while scanning faster (less memory to read). Memory matters on a machine that also runs Whisper, OCR, a VLM.
   * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not, and its graph takes
     many minutes to build at 1M on two cores. PQ would shrink memory further but loses recall@10 at this
     dimension unless a re-ranking stage reads the full vectors, i.e. the memory it saved.
