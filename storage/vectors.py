@@ -25,10 +25,12 @@ Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-l
     and transcripts recall at the same nprobe should be higher, but that is not measured here.)
   * SQ8 codes are 4x smaller than float32 (384 MB instead of 1.5 GB at 1M) and rank like the float vectors
     to within a point of recall@10 (IVF-Flat on the same lists: 0.73/0.80/0.86 at nprobe 16/32/64, p50
-    3.5/6.5/15.7 ms) while scanning faster (less memory to read). Memory matters on a machine that also runs Whisper, OCR, a VLM.
-  * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not, and its graph takes
-    many minutes to build at 1M on two cores. PQ would shrink memory further but loses recall@10 at this
-    dimension unless a re-ranking stage reads the full vectors, i.e. the memory it saved.
+    3.5/6.5/15.7 ms) while scanning faster (less memory to read). Memory matters on a machine that also
+    runs Whisper, OCR and a VLM.
+  * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not (and its graph build
+    at 1M on two cores is known to be slow; not measured here). PQ would shrink memory further, but its
+    recall@10 at this dimension usually needs a re-ranking pass over the full vectors, i.e. the memory it
+    saved (not measured here either).
   * nlist ~ sqrt(n) rather than the textbook 4-16 sqrt(n): k-means and the assignment of every vector cost
     nlist x n x d, and a library is rebuilt on a user's two cores (4096 lists would cost 4x more in both);
     1024 lists at nprobe 32 scan 3% of the vectors per query.
