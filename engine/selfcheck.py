@@ -66,7 +66,6 @@ def _generate(model, batch, cache, max_new_tokens: int):
 
 def compare_paths(chat, batch, max_new_tokens: int = 12) -> dict:
     """Own attention + own cache vs the M²LA latent cache on the same input; converts a GQA model first."""
-    import torch
     from transformers import DynamicCache
 
     from engine.latent_cache import LatentCache, cache_nbytes

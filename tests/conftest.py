@@ -55,3 +55,14 @@ def bikes_mp4() -> Path:
 def card_mp4() -> Path:
     """gradio's a.mp4: an end card reading 'THANKS FOR WATCHING'."""
     return gradio_media("videos", "a.mp4")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

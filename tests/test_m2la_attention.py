@@ -16,7 +16,6 @@ from engine.models.internvideo3 import (  # noqa: E402
     expanded_bytes_per_token,
     force_absorbed_kernel,
     force_attention_path,
-    gqa_bytes_per_token,
     install_latent_attention,
     latent_bytes_per_token,
     randomize_,
@@ -25,13 +24,7 @@ from engine.models.internvideo3 import (  # noqa: E402
 from storage.errors import SightlineError  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(dtype=torch.float32, impl="sdpa", latent=False, **over):

@@ -12,13 +12,7 @@ from engine.convert import convert_model  # noqa: E402
 from engine.models.internvideo3 import randomize_, synthetic_video_inputs, uses_latent_cache  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Vocab:

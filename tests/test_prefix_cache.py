@@ -23,13 +23,7 @@ from engine.prefix_cache import PrefixCache, PrefixEntry, PrefixKey  # noqa: E40
 GEN = {"max_new_tokens": 8, "do_sample": False, "eos_token_id": None}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from indexer.context import IndexContext, MomentIn, StageOutput, VideoJob
-from indexer.frames import FrameIndex, ensure_frames, small_gray
+from indexer.frames import ensure_frames, small_gray
 from indexer.thumbnails import moment_thumbnail
 
 NAME = "screen_text"
