@@ -86,9 +86,9 @@ class Services:
 
     def status(self) -> dict:
         """The library at a glance: counts by status, moments, and every video with its error, notes and stages."""
-        from indexer.status import library_status
+        from storage.catalog import status_report
 
-        return library_status(self.library)
+        return status_report(self.library)
 
     # --- the answering agent --------------------------------------------------------------------------------
 

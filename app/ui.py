@@ -2,7 +2,7 @@
 
 Reads top to bottom: HTML helpers for moments, the background index worker, the handlers, `build_ui(services)`
 (components in screen order, then the wiring), and `launch(settings)`. Handlers are thin: they call
-app.services, app.library_view or storage and return component values. A SightlineError becomes gr.Error with
+app.services or storage and return component values. A SightlineError becomes gr.Error with
 its message; anything else is logged (app/logs.py) and shown as one line.
 
 Security: the web server serves only the library folder and the library's video files (Gradio allowed_paths and
@@ -18,14 +18,14 @@ import os
 import queue
 import shutil
 import threading
-import time
 from functools import wraps
 from pathlib import Path
 from urllib.parse import quote
 
 import gradio as gr
 
-from app import library_view as lv
+from indexer.media import VIDEO_EXTENSIONS
+from storage import catalog as lv
 from app.settings import Settings
 from storage.errors import SightlineError
 from storage.timefmt import format_time
@@ -38,6 +38,10 @@ MODALITY_CHOICES = [("speech", "speech"), ("on-screen text", "text"), ("visual",
 
 # --- errors at the edge ----------------------------------------------------------------------------------------
 
+
+
+def _is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 def _one_line(err: BaseException) -> gr.Error:
     from app.logs import log_exception, log_path
@@ -484,12 +488,12 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             raise SightlineError(f"{path} is inside the library's own data folder.",
                                  hint="Add the folder that holds your videos instead.")
         if path.is_file():
-            if not lv.is_video_file(path):
+            if not _is_video_file(path):
                 raise SightlineError(f"{path.name} is not a supported video file.",
-                                     hint=f"Supported: {', '.join(lv.VIDEO_EXTENSIONS)}.")
-        elif not any(lv.is_video_file(f) and f.is_file() for f in path.rglob("*")):  # stops at the first video
+                                     hint=f"Supported: {', '.join(sorted(VIDEO_EXTENSIONS))}.")
+        elif not any(_is_video_file(f) and f.is_file() for f in path.rglob("*")):  # stops at the first video
             raise SightlineError(f"No video files in {path}.",
-                                 hint=f"Sightline indexes {', '.join(lv.VIDEO_EXTENSIONS)} files.")
+                                 hint=f"Sightline indexes {', '.join(sorted(VIDEO_EXTENSIONS))} files.")
         worker.submit([str(path)])
         return f"Indexing the videos of {path} in the background.", ""
 
@@ -503,7 +507,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         accepted, refused = [], []
         for f in files:
             src = Path(f if isinstance(f, str) else f.name)
-            if not lv.is_video_file(src):
+            if not _is_video_file(src):
                 refused.append(f"{src.name} (not a supported video type)")
                 continue
             if src.stat().st_size > limit:
@@ -518,7 +522,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             accepted.append(str(dest))
         if not accepted:
             raise SightlineError("None of the files can be indexed: " + "; ".join(refused) + ".",
-                                 hint=f"Supported: {', '.join(lv.VIDEO_EXTENSIONS)}.")
+                                 hint=f"Supported: {', '.join(sorted(VIDEO_EXTENSIONS))}.")
         worker.submit(accepted)
         note = f" Skipped: {'; '.join(refused)}." if refused else ""
         return f"Indexing {len(accepted)} uploaded file(s) in the background.{note}", None
@@ -648,7 +652,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                     add_button = gr.Button("Add and index", elem_id="add-button", variant="primary", scale=1,
                                            interactive=allow_server_paths)
                 uploads = gr.File(label="Or upload videos", elem_id="upload", file_count="multiple",
-                                  file_types=list(lv.VIDEO_EXTENSIONS), height=120)
+                                  file_types=list(sorted(VIDEO_EXTENSIONS)), height=120)
                 library_message = gr.Markdown(elem_id="library-message")
                 progress = gr.HTML(label="Indexing progress", elem_id="index-progress")
                 videos_table = gr.HTML(label="Videos", elem_id="videos")

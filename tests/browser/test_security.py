@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import httpx
 
-from app import library_view as lv
+from storage import catalog as lv
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
