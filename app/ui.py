@@ -31,7 +31,6 @@ from storage.errors import SightlineError
 from storage.timefmt import format_time
 
 STATIC = Path(__file__).parent / "static"
-MAX_QUESTION_CHARS = 2000
 SEARCH_K = 24
 MODALITY_CHOICES = [("speech", "speech"), ("on-screen text", "text"), ("visual", "visual"), ("caption", "caption")]
 
@@ -579,12 +578,9 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         return film, timeline, summary
 
     def _check_question(question, scope):
-        q = (question or "").strip()
-        if not q:
-            raise SightlineError("The question is empty.", hint="Type what you want to know about the videos.")
-        if len(q) > MAX_QUESTION_CHARS:
-            raise SightlineError(f"The question is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS}.",
-                                 hint="Ask something shorter; one question at a time works best.")
+        from engine.agent.loop import check_question
+
+        q = check_question(question)  # the agent's own rule, checked before the chat shows the question
         if scope:
             lv.video_path(library, scope)
         return q
