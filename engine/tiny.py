@@ -149,30 +149,43 @@ def build_processor(tokenizer):
     )
 
 
-def tiny_model_dir(folder: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model into folder/tiny-qwen3-vl (once; reused when already complete) and return its path."""
-    out = Path(folder) / TINY_NAME
+def _built_once(out: Path, seed: int, write) -> Path:
+    """Run write(out, seed) unless `out` already holds a complete build of this version; return `out`."""
     marker = out / "sightline_tiny.json"
     with _lock:
         if marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
             return out
-        import torch
-        from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
-
         out.mkdir(parents=True, exist_ok=True)
-        tokenizer = build_tokenizer()
-        config = tiny_config(tokenizer)
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config).eval()
-        model.generation_config = GenerationConfig(
-            eos_token_id=[config.text_config.eos_token_id, config.text_config.pad_token_id],
-            pad_token_id=config.text_config.pad_token_id,
-            do_sample=False,
-        )
-        model.save_pretrained(out, safe_serialization=True)
-        build_processor(tokenizer).save_pretrained(out)
-        marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+        write(out, seed)
+        marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))  # written last: the build is whole
     return out
+
+
+def _save(model, tokenizer, eos_token_id: int, pad_token_id: int, out: Path) -> None:
+    """Save a tiny model greedy by default, with the shared tokenizer's processor beside it."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        eos_token_id=[eos_token_id, pad_token_id], pad_token_id=pad_token_id, do_sample=False
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    build_processor(tokenizer).save_pretrained(out)
+
+
+def tiny_model_dir(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model into folder/tiny-qwen3-vl (once; reused when already complete) and return its path."""
+    return _built_once(Path(folder) / TINY_NAME, seed, _write_tiny_qwen3_vl)
+
+
+def _write_tiny_qwen3_vl(out: Path, seed: int) -> None:
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    _save(model, tokenizer, config.text_config.eos_token_id, config.text_config.pad_token_id, out)
 
 
 # The remote-code file of the tiny InternVideo3 folder: the real checkpoint ships its modeling code and an
@@ -189,44 +202,34 @@ def tiny_internvideo3_dir(folder: str | Path, seed: int = 0) -> Path:
     Same tokenizer, vision tower and processor as the tiny Qwen3-VL; text attention from engine-m2la's
     InternVideo3ForConditionalGeneration (stock mode: the model's own expanded-K/V cache) with random weights.
     """
-    out = Path(folder) / IV3_NAME
-    marker = out / "sightline_tiny.json"
-    with _lock:
-        if marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
-            return out
-        from transformers import GenerationConfig
+    return _built_once(Path(folder) / IV3_NAME, seed, _write_tiny_internvideo3)
 
-        from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration, randomize_
 
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer = build_tokenizer()
-        base = tiny_config(tokenizer).to_dict()
-        text = dict(base["text_config"], kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16)
-        for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
-            text.pop(key, None)
-        ids = {k: base[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-        vision = {k: v for k, v in base["vision_config"].items() if k not in ("model_type", "transformers_version")}
-        config = InternVideo3Config(
-            text_config=text,
-            vision_config=vision,
-            bos_token_id=text["bos_token_id"],
-            eos_token_id=text["eos_token_id"],
-            pad_token_id=text["pad_token_id"],
-            **ids,
-        )
-        config.auto_map = {
-            "AutoConfig": "modeling_internvideo3_tiny.InternVideo3Config",
-            "AutoModelForCausalLM": "modeling_internvideo3_tiny.InternVideo3ForConditionalGeneration",
-        }
-        model = randomize_(InternVideo3ForConditionalGeneration(config), std=0.05, seed=seed).eval()
-        model.generation_config = GenerationConfig(
-            eos_token_id=[text["eos_token_id"], text["pad_token_id"]], pad_token_id=text["pad_token_id"], do_sample=False
-        )
-        model.save_pretrained(out, safe_serialization=True)
-        (out / "modeling_internvideo3_tiny.py").write_text(_REMOTE_CODE)
-        build_processor(tokenizer).save_pretrained(out)
-        marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
-    return out
+def _write_tiny_internvideo3(out: Path, seed: int) -> None:
+    from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration, randomize_
+
+    tokenizer = build_tokenizer()
+    base = tiny_config(tokenizer).to_dict()
+    text = dict(base["text_config"], kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16)
+    for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
+        text.pop(key, None)
+    ids = {k: base[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    vision = {k: v for k, v in base["vision_config"].items() if k not in ("model_type", "transformers_version")}
+    config = InternVideo3Config(
+        text_config=text,
+        vision_config=vision,
+        bos_token_id=text["bos_token_id"],
+        eos_token_id=text["eos_token_id"],
+        pad_token_id=text["pad_token_id"],
+        **ids,
+    )
+    config.auto_map = {
+        "AutoConfig": "modeling_internvideo3_tiny.InternVideo3Config",
+        "AutoModelForCausalLM": "modeling_internvideo3_tiny.InternVideo3ForConditionalGeneration",
+    }
+    model = randomize_(InternVideo3ForConditionalGeneration(config), std=0.05, seed=seed).eval()
+    _save(model, tokenizer, text["eos_token_id"], text["pad_token_id"], out)
+    (out / "modeling_internvideo3_tiny.py").write_text(_REMOTE_CODE)  # after save_pretrained, which must not touch it
 
 
 def tiny_video_chat(folder: str | Path, quantization: str = "bf16", **kwargs):
