@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.media import MediaInfo
+from storage.errors import SightlineError
 
 # (frames (T, H, W, 3) uint8, timestamps) -> caption; may also have .many([(frames, timestamps), ...]).
 # Built by app from the engine's Captioner (engine/captioner.py caption_fn()).
@@ -34,6 +35,10 @@ class IndexOptions:
     visual_span: float = 10.0  # a shot longer than this gets one visual moment per span
     thumb_side: int = 320
     audio_chunk_s: float = 120.0  # speech is transcribed in chunks this long: memory flat in the length
+
+
+class UpstreamFailed(SightlineError):
+    """What a stage was reading failed (the decode pass it follows); that stage's own error is the one shown."""
 
 
 @dataclass
@@ -69,6 +74,7 @@ class VideoJob:
     frames_ready: threading.Event = field(default_factory=threading.Event)
     frame_index: object = None  # indexer.frames.FrameIndex once scanned
     frame_lock: threading.Lock = field(default_factory=threading.Lock)
+    feed: object = None  # indexer.frames.SampleFeed while this run's decode pass writes samples
     on_time: Callable[[float], None] | None = None  # frame decode position (progress within a stage)
     on_audio: Callable[[float], None] | None = None  # audio transcribed up to (progress within a stage)
 

@@ -253,8 +253,10 @@ def _open_video(c, fps: float | None):
 
 def _frames_pyav(info: MediaInfo, fps: float | None, max_side: int | None) -> Iterator[Frame]:
     import av
+    from av.video.reformatter import VideoReformatter
 
     w, h = fit_size(info.width, info.height, max_side)
+    scaler = VideoReformatter()  # one swscale context for the whole file, not one per frame
     with av.open(info.path) as c:
         stream = _open_video(c, fps)
         next_t = 0.0
@@ -265,7 +267,7 @@ def _frames_pyav(info: MediaInfo, fps: float | None, max_side: int | None) -> It
             if fps and t + 1e-6 < next_t:
                 continue
             next_t = next_step(t, fps) if fps else 0.0
-            yield Frame(t, frame.to_ndarray(width=w, height=h, format="rgb24"))
+            yield Frame(t, scaler.reformat(frame, width=w, height=h, format="rgb24").to_ndarray())
 
 
 def iter_frames(info: MediaInfo, fps: float, max_side: int | None = None, backend: str = "auto") -> Iterator[Frame]:

@@ -6,8 +6,10 @@
   after the commit (and `storage.vectors` rebuilds from SQLite when a kill fell between the two). A killed run
   resumes at the first stage without a done mark: no duplicate and no missing moments.
 - Per-file errors land in `videos.error`; a bad file never stops the others or touches what is indexed.
-- Speed: two stages of a video run at once, each as soon as what it needs is done (the one decode pass of
-  `shots` beside `speech`, then visual and on-screen text over the cached frames). Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the same figures.
+- Speed: a video's stages run at once, each as soon as what it needs is done: the one decode pass of `shots`,
+  `speech` beside it, and on-screen text following the pass sample by sample (`FOLLOWS`); then visual moments
+  over the cached frames. Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the
+  same figures.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from indexer.context import IndexContext, StageOutput, VideoJob
-from indexer.frames import drop_frames
+from indexer.context import IndexContext, StageOutput, UpstreamFailed, VideoJob
+from indexer.frames import drop_frames, start_feed
 from indexer.media import VIDEO_EXTENSIONS, fingerprint
 from storage.catalog import remove_vectors, wipe_video_rows
 from indexer.stages import DEFAULT_STAGES, WORKERS
@@ -410,6 +412,9 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
         try:
             out = stage.run(video, ctx)
             _commit(library, ctx, video, stage, out, time.time() - t0)
+        except UpstreamFailed as err:  # the stage it follows failed and reports the error itself
+            progress.emit(i, video.path, stage.NAME, "failed", err.user_text())
+            return False
         except SightlineError as err:
             with errors_lock:
                 errors.append(err.user_text() if stage.NAME == "probe" else f"{stage.NAME}: {err.user_text()}")
@@ -434,19 +439,25 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
         return err.user_text()
     names = {st.NAME for st in pending}
     finished: set[str] = {st.NAME for st in DEFAULT_STAGES if st.NAME not in names}  # done in an earlier run
+    started: set[str] = set(finished)
     failed: set[str] = set()
     if "shots" in finished:
         video.frames_ready.set()  # scanned in an earlier run: stages load the cached frames themselves
+    else:
+        start_feed(video, ctx)  # followers of the decode pass read its samples as they are written
     waiting = list(pending)
     running: dict = {}
     try:
         while waiting or running:
             for st in list(waiting):
-                if any(n in failed for n in st.NEEDS):
+                needs, follows = st.NEEDS, getattr(st, "FOLLOWS", ())
+                if any(n in failed for n in (*needs, *follows)):
                     waiting.remove(st)  # what it needs failed; that failure is the error shown
                     failed.add(st.NAME)
-                elif all(n in finished for n in st.NEEDS) and len(running) < WORKERS:
+                elif (all(n in finished for n in needs) and all(n in started for n in follows)
+                      and len(running) < WORKERS):
                     waiting.remove(st)
+                    started.add(st.NAME)
                     running[pool.submit(run_stage, st)] = st
             if not running:
                 break
@@ -454,10 +465,10 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
             for fut in done:
                 st = running.pop(fut)
                 (finished if fut.result() else failed).add(st.NAME)
-                if st.NAME == "shots" or "shots" in failed:
-                    video.frames_ready.set()
+                if st.NAME == "shots":
+                    _end_frames(video, "the decode pass stopped")
     finally:
-        video.frames_ready.set()  # speech waits for frames for its thumbnails; never leave it waiting
+        _end_frames(video, "indexing stopped")  # never leave speech or a follower of the pass waiting
         for fut in running:
             fut.result()
     if not errors:
@@ -468,6 +479,13 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
         return message
     _set_status(library, video.id, INDEXED)
     return None
+
+
+def _end_frames(video: VideoJob, why: str) -> None:
+    """The decode pass is over, one way or another: wake whoever waits for its frames."""
+    video.frames_ready.set()
+    if video.feed is not None:
+        video.feed.fail(why)  # a no-op when the pass finished its feed
 
 
 def _known_duration(library, video_id: int) -> float | None:

@@ -194,6 +194,9 @@ def test_bad_files_fail_clearly_and_good_ones_index(corrupt_library):
     for name, words in expect_error.items():
         video = _video(report, name)
         assert video["status"] == "failed" and words in (video["error"] or ""), video
+    # On-screen text follows the decode pass that failed: the error is said once, by the pass (shots).
+    error = _video(report, "truncated_data.mp4")["error"]
+    assert error.startswith("shots:") and "screen_text" not in error, error
     for name in ("speech.mp4", "no_audio.mp4"):
         video = _video(report, name)
         assert video["status"] == "indexed" and video["error"] is None and video["moments"] > 0, video

@@ -160,3 +160,61 @@ def test_scan_finds_bikes_shots_and_keyframes(bikes_mp4, tmp_path):
     keys = [s.t for s in index.samples if s.key]
     assert len(keys) == 6 and keys[0] == 0.0  # one keyframe per shot, just after its cut
     assert load_index(tmp_path / "frames").cuts == index.cuts
+
+
+def test_a_feed_hands_samples_to_a_reader_while_the_pass_runs(bikes_mp4, tmp_path):
+    import threading
+
+    from indexer.frames import SampleFeed, scan
+    from indexer.media import probe
+
+    feed = SampleFeed(tmp_path / "frames")
+    seen, first_seen_while_running = [], threading.Event()
+    scanning = threading.Event()
+
+    def reader():
+        for sample in feed:
+            if scanning.is_set():
+                first_seen_while_running.set()
+            assert feed.image(sample).ndim == 3  # the JPEG is on disk when the sample is handed over
+            seen.append(sample)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    scanning.set()
+    index = scan(probe(bikes_mp4), tmp_path / "frames", 1.0, 320, feed=feed)
+    scanning.clear()
+    feed.finish(index.samples)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert seen == index.samples and first_seen_while_running.is_set()
+
+
+def _frames_ctx(tmp_path):
+    from types import SimpleNamespace
+
+    from indexer.context import IndexOptions
+
+    return SimpleNamespace(cache_dir=tmp_path, options=IndexOptions(sample_side=320))
+
+
+def test_a_failed_pass_ends_its_feed_with_an_upstream_error(media, tmp_path):
+    from indexer.context import UpstreamFailed, VideoJob
+    from indexer.frames import ensure_frames, follow, start_feed
+
+    ctx = _frames_ctx(tmp_path)
+    video = VideoJob(1, str(media["truncated_data"]), "sha256:abc")
+    start_feed(video, ctx)
+    with pytest.raises(SightlineError, match="truncated or damaged"):
+        ensure_frames(video, ctx)
+    with pytest.raises(UpstreamFailed, match="the decode pass failed: .*truncated"):
+        list(follow(video, ctx))
+
+
+def test_without_a_running_pass_follow_reads_the_finished_index(bikes_mp4, tmp_path):
+    from indexer.context import VideoJob
+    from indexer.frames import follow
+
+    video = VideoJob(1, str(bikes_mp4), "sha256:abc")  # no feed: nothing scans beside the reader
+    samples = list(follow(video, _frames_ctx(tmp_path)))
+    assert samples == video.frame_index.samples and len(samples) >= 10

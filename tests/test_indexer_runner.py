@@ -76,6 +76,9 @@ def test_visual_embeddings_captions_and_progress(library, bikes_mp4, tmp_path):
     stages = {e.stage for e in events if e.state in ("done", "skipped")}
     assert {"probe", "shots", "speech", "screen_text", "visual", "captions"} <= stages
     assert any(e.eta_s is not None for e in events[1:])
+    # On-screen text follows the decode pass instead of waiting for it: it starts before shots is done.
+    order = [(e.stage, e.state) for e in events]
+    assert order.index(("screen_text", "started")) < order.index(("shots", "done")), order
     last = events[-1]
     assert last.state == "done" and last.media_done == pytest.approx(last.media_total) and last.fraction == 1.0
 

@@ -5,6 +5,9 @@ the last frame looked at (mean absolute difference of 64x36 grayscale copies), a
 detection alone on a small copy (`ocr_gate_side` px, ~0.05 s) finds text there. When a new text shows up, the
 samples between the two reads are checked too, so the moment starts within one sample step of the text's
 first appearance. Consecutive sightings of the same text merge into one `text` moment.
+
+It follows the decode pass (`indexer.frames.follow`): each sample is read as soon as it is cached, so OCR runs
+beside the decoding instead of after it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import re
 import numpy as np
 
 from indexer.context import IndexContext, MomentIn, StageOutput, VideoJob
-from indexer.frames import ensure_frames, small_gray
+from indexer.frames import follow, small_gray
 from indexer.thumbnails import moment_thumbnail
 
 NAME = "screen_text"
-NEEDS = ("shots",)  # stages whose results this one reads; the runner starts it after them
+NEEDS = ("probe",)  # stages whose results this one reads; the runner starts it after them
+FOLLOWS = ("shots",)  # stages whose output it reads while they run; the runner starts it once they started
 CHANGE = 0.8  # mean abs difference (0-255) on 64x36 gray above which a frame is read again (a title card
 # fading in on a dark frame moves it by ~1.5; sensor noise stays well under this after the area average)
 MIN_CONFIDENCE = 0.6
@@ -37,7 +41,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     from indexer.ocr import merge_text_runs
 
     info = video.media()
-    index = ensure_frames(video, ctx)
+    frames = follow(video, ctx)  # samples as the decode pass writes them
     reader = ctx.ocr.get()
     step = ctx.options.ocr_interval
 
@@ -45,7 +49,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     reads = {"n": 0, "gated": 0}
 
     def read(sample) -> list[str]:
-        image = index.image(sample)
+        image = frames.image(sample)
         if gate and not _has_text(reader, image, gate):
             reads["gated"] += 1
             return []
@@ -53,13 +57,14 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         return [t.strip() for t, conf in reader.read(image) if conf >= MIN_CONFIDENCE and t.strip()]
 
     observations: dict[float, list[str]] = {}
-    samples = index.samples
+    samples = []  # those seen so far
     last_gray, last_texts, last_read = None, [], -1
     last_t = -1e9
-    for i, sample in enumerate(samples):
+    for i, sample in enumerate(frames):
+        samples.append(sample)
         if not (sample.key or sample.t - last_t >= step - 1e-6):
             continue
-        image = index.image(sample)
+        image = frames.image(sample)
         gray = small_gray(image)
         changed = last_gray is None or float(np.abs(gray - last_gray).mean()) > CHANGE
         texts = read(sample) if changed else list(last_texts)
@@ -76,7 +81,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     for run_ in merge_text_runs(observations, step):
         start, end = run_.start, min(run_.end, info.duration)
         sample = min((s for s in samples if s.t >= start - 1e-6), key=lambda s: s.t, default=samples[-1])
-        thumb = moment_thumbnail(ctx.library, video.id, index.image(sample), "text", start, ctx.options.thumb_side)
+        thumb = moment_thumbnail(ctx.library, video.id, frames.image(sample), "text", start, ctx.options.thumb_side)
         moments.append(MomentIn(start, max(end, start), "text", run_.text, thumb))
     detail = {"ocr_frames": reads["n"], "gated_frames": reads["gated"], "samples": len(samples),
               "moments": len(moments)}
