@@ -59,13 +59,14 @@ class FrameIndex:
 
 
 def read_sample(folder: Path, sample: Sample) -> np.ndarray:
-    """A cached sample's frame, RGB uint8."""
+    """A cached sample's frame, RGB uint8, contiguous (a `[:, :, ::-1]` view costs every OpenCV call after it
+    a 5 ms copy at 960 px; the conversion here costs 0.2 ms)."""
     import cv2
 
     bgr = cv2.imread(str(Path(folder) / sample.file), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SightlineError(f"Cached frame {sample.file} is unreadable.", hint="Index the video again.")
-    return bgr[:, :, ::-1]
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class SampleFeed:

@@ -12,8 +12,8 @@ BLANK_STD = 6  # luma spread below this reads as a flat frame (fades, slates)
 
 def frame_quality(image: np.ndarray) -> float:
     """Higher is a better thumbnail; <= 0 means black or blank."""
-    gray = image.mean(axis=2) if image.ndim == 3 else image
-    sub = gray[::4, ::4]
+    sub = image[::4, ::4]  # every 4th pixel each way is plenty for a mean and a spread, and 16x cheaper
+    sub = sub.mean(axis=2) if sub.ndim == 3 else sub
     mean, std = float(sub.mean()), float(sub.std())
     if mean < BLACK_MEAN or std < BLANK_STD:
         return min(mean - BLACK_MEAN, std - BLANK_STD)
