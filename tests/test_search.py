@@ -130,8 +130,12 @@ def test_keyword_search_is_bounded_for_common_words(lib, monkeypatch):
     ranked = keyword_ranking(lib, "the", 3)  # only common words: the newest matches, unranked
     the_ids = sorted((i for i, t in texts.items() if "the" in t.lower().split()), reverse=True)
     assert ranked == [(i, None) for i in the_ids[:3]]
-    ranked = keyword_ranking(lib, "the", 10, id_range=(the_ids[1], the_ids[0]))  # the range narrows the scan
-    assert [i for i, _ in ranked] == the_ids[:2]
+    subset = np.asarray(the_ids[:2])  # compact ids: the FTS5 scan is narrowed to their range
+    assert [i for i, _ in keyword_ranking(lib, "the", 10, subset=subset)] == the_ids[:2]
+    subset = np.asarray([the_ids[0], the_ids[-1]])  # spread ids: matches are checked against a bitmap
+    assert [i for i, _ in keyword_ranking(lib, "the", 10, subset=subset)] == [the_ids[0], the_ids[-1]]
+    ranked = keyword_ranking(lib, "the river", 10, subset=np.asarray([the_ids[-1]]))  # the rare word is elsewhere
+    assert ranked == []
     assert keyword_ranking(lib, "nothingmatches", 10) == []
     assert keyword_ranking(lib, '"; DROP TABLE moments; --', 10) == []  # words are quoted for FTS5
 

@@ -180,18 +180,32 @@ def test_filtered_ivf_search_never_comes_back_short(ivf_library):
     assert store.search(query, 10, subset=np.asarray([], np.int64)) == []
 
 
-def test_large_subset_scales_nprobe(ivf_library, monkeypatch):
+def test_filtered_nprobe_meets_enough_allowed_vectors():
+    # 1M vectors, 1024 lists, nprobe 32: a 25% subset still meets ~7,800 allowed vectors, so nprobe stays.
+    assert vectors.subset_nprobe(32, 1024, 1_000_000, 250_000) == 32
+    # A 6% subset of a 100k index meets ~190 in 32 lists: nprobe rises to meet MIN_SUBSET_CANDIDATES.
+    assert vectors.subset_nprobe(32, 256, 100_000, 6_000) == 43
+    # Under EXACT_SUBSET_FRACTION: every list.
+    assert vectors.subset_nprobe(32, 1024, 1_000_000, 500) == 1024
+
+
+def test_a_filtered_search_short_of_k_looks_at_every_list(ivf_library, monkeypatch):
     store = ivf_library.vectors("text")
-    seen = {}
+    seen = []
     real = store.index.search
 
     def spy(q, k, params=None):
-        seen["nprobe"] = params.nprobe
+        seen.append(params.nprobe)
         return real(q, k, params=params)
 
     monkeypatch.setattr(store.index, "search", spy, raising=False)
+    monkeypatch.setattr(vectors, "MIN_SUBSET_CANDIDATES", 1)  # keep nprobe at 2 for a big subset
     half = store.ids()[::2]
-    store.search(QUERIES[0], 10, subset=half)
-    assert seen["nprobe"] == 4  # nprobe 2 / fraction 0.5
+    got = store.search(QUERIES[0], 10, subset=half)
+    assert seen == [2] and len(got) == 10  # two lists held ten allowed vectors: one search
+    seen.clear()
+    got = store.search(QUERIES[0], 500, subset=half)  # more than two lists hold: searched again over every list
+    assert seen == [2, store.index.nlist] and len(got) == 500
+    seen.clear()
     store.search(QUERIES[0], 10, subset=half[:20])  # 1% of the index: every list, an exact scan of the subset
-    assert seen["nprobe"] == store.index.nlist
+    assert seen == [store.index.nlist]
