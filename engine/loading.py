@@ -328,7 +328,7 @@ def resolve_setting(model: str, free_bytes: int | None) -> ModelSpec:
                 "No answering model: there is no CUDA GPU here and vlm_model is 'auto' "
                 f"({DEFAULT_GPU_MODEL} needs a GPU).",
                 hint="Answers are the best evidence moments. On a GPU machine Sightline loads InternVideo3; on a CPU "
-                "you can set vlm_model=qwen3-vl-2b (slow) with its weights downloaded.",
+                "you can set SIGHTLINE_VLM_MODEL=qwen3-vl-2b (slow) with its weights downloaded.",
             )
         name = DEFAULT_GPU_MODEL
     return resolve(name)

@@ -454,6 +454,8 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
                 if any(n in failed for n in (*needs, *follows)):
                     waiting.remove(st)  # what it needs failed; that failure is the error shown
                     failed.add(st.NAME)
+                    if st.NAME == "shots":
+                        _end_frames(video, "the decode pass could not start")
                 elif (all(n in finished for n in needs) and all(n in started for n in follows)
                       and len(running) < WORKERS):
                     waiting.remove(st)

@@ -38,6 +38,18 @@ def test_evidence_only_lists_best_moments_and_says_why_and_how_to_load_a_model()
         assert_moment(e, evidence=True)
 
 
+def test_evidence_only_says_how_to_load_a_model_once():
+    from engine.loading import resolve_setting
+    from storage.errors import SightlineError
+
+    for setting in ("auto", "none"):  # no GPU here: 'auto' loads nothing either
+        with pytest.raises(SightlineError) as err:
+            resolve_setting(setting, None)
+        text = answer("when do they say they sleep with a dagger?", two_video_backend(), None,
+                      no_model_reason=err.value.user_text()).answer
+        assert text.count("SIGHTLINE_VLM_MODEL") == 1, text
+
+
 def test_evidence_only_scoped_to_one_video():
     backend = two_video_backend()
     result = answer("red van", backend, None, video_id=1, no_model_reason=REASON)

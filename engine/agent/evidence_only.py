@@ -83,7 +83,8 @@ def evidence_only(question: str, tools: ToolBackend, video_id: int | None, reaso
     else:
         text = f"Evidence-only answer: no answering model is loaded. {body}"
         text += f" Why: {why}" if why else ""
-        text += f" {HOW_TO_LOAD}"
+        if "SIGHTLINE_VLM_MODEL" not in why:  # the reason's own hint may already say how
+            text += f" {HOW_TO_LOAD}"
     final = Step(2, "answer", "answer", observation=text)
     steps.append(final)
     if on_step:
