@@ -6,6 +6,7 @@
   after the commit (and `storage.vectors` rebuilds from SQLite when a kill fell between the two). A killed run
   resumes at the first stage without a done mark: no duplicate and no missing moments.
 - Per-file errors land in `videos.error`; a bad file never stops the others or touches what is indexed.
+- One run per library at a time (`Library.indexing_lock`): a second is refused, saying which run holds it.
 - Speed: a video's stages run at once, each as soon as what it needs is done: the one decode pass of `shots`,
   `speech` beside it, and on-screen text following the pass sample by sample (`FOLLOWS`); then visual moments
   over the cached frames. Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the
@@ -348,7 +349,15 @@ def _history_rate(library) -> float | None:
 def index_paths(library, paths: Iterable[str | Path], ctx: IndexContext,
                 on_progress: Callable[[ProgressEvent], None] | None = None,
                 show_progress: bool = False) -> IndexSummary:
-    """Index files and folders into the library; see the module docstring for the guarantees."""
+    """Index files and folders into the library; see the module docstring for the guarantees.
+
+    One run at a time per library: a second one (another process, or the UI beside the CLI) is refused with a
+    SightlineError naming the run in progress."""
+    with library.indexing_lock():
+        return _index_paths(library, paths, ctx, on_progress, show_progress)
+
+
+def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: bool) -> IndexSummary:
     started = time.time()
     files, roots = collect(paths)
     summary = IndexSummary()

@@ -16,6 +16,7 @@ in (`Library.has_fts`); elsewhere it falls back to LIKE and nothing touches FTS5
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from storage.models import Base, Moment, Video
 T = TypeVar("T")
 
 DB_NAME = "library.db"
+LOCK_NAME = "indexing.lock"  # held by the indexing run in progress (see Library.indexing_lock)
 BUSY_TIMEOUT_MS = 60_000  # a second writer (another process) waits this long for the lock before failing
 
 # FTS5 over moments.text, kept in step by triggers (SQLite only; other databases fall back to LIKE).
@@ -197,6 +199,43 @@ class Library:
     @property
     def cache_dir(self) -> Path:
         return self.folder / "cache"
+
+    # --- one indexing run at a time ----------------------------------------------------------------------------
+
+    @contextmanager
+    def indexing_lock(self) -> Iterator[None]:
+        """Held by one indexing run per library folder, across processes (the CLI beside the UI, a cron job).
+
+        Two runs would scan the same videos into the same frame cache; the second is refused, naming the
+        process that holds the lock. The OS drops the lock when that process ends, killed (-9) or not, so a
+        killed run never blocks the next one.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock, as before
+            yield
+            return
+        path = self.folder / LOCK_NAME
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise SightlineError(
+                    f"Another indexing run is working on this library ({holder}).",
+                    hint="Wait for it to finish (`sightline status` shows its progress) or stop it, then run "
+                    "again; nothing indexed is lost either way.") from None
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                f.flush()
+                yield
+            finally:
+                f.seek(0)
+                f.truncate()
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # --- vectors (FAISS, derived from the embeddings table) ----------------------------------------------------
 

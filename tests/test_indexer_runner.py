@@ -120,3 +120,29 @@ def test_a_missing_path_is_a_clear_error(library, tmp_path):
 
     with pytest.raises(SightlineError, match="No such file or folder"):
         index_paths(library, [tmp_path / "nope.mp4"], _context(library))
+
+
+def test_a_second_indexing_run_is_refused_until_the_first_ends(library, bikes_mp4):
+    import signal
+    import subprocess
+    import sys
+
+    from indexer.runner import index_paths
+    from storage.errors import SightlineError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from storage.library import Library\n"
+         "with Library.open(sys.argv[1]).indexing_lock():\n    print('held', flush=True); time.sleep(120)",
+         str(library.folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SightlineError, match=f"Another indexing run .*process {holder.pid}, started"):
+            index_paths(library, [bikes_mp4], _context(library))
+        with library.read() as s:
+            from storage.models import Video
+
+            assert s.scalar(select(func.count()).select_from(Video)) == 0  # refused before touching anything
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed run leaves no lock behind
+        holder.wait()
+    assert index_paths(library, [bikes_mp4], _context(library)).done
