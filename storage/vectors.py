@@ -47,7 +47,8 @@ For IVF:
   MIN_SUBSET_CANDIDATES allowed vectors on average. Recall does not need more: measured at 1M
   (benchmarks/search_latency.py, 150 real MiniLM queries), recall@10 of the exact top-10 inside the subset at
   nprobe 32 was 0.81 for a 60% subset, 0.81 for 25% and 0.80 for 5%, against 0.81 unfiltered; the former rule
-  (nprobe / fraction) bought 0.91 at 4x the time (25%: p50 18.7 ms against 3.7 ms).
+  (nprobe / fraction) bought 0.91 at 4-5x the time (25% subset, FAISS alone: p50 18.7 ms at nprobe 128 against
+  3.7 ms at 32; through `search`, 6.3 ms p50 with recall 0.79 in the benchmark's JSON).
 - when the visited lists still held fewer than k allowed vectors (a subset far from the query), the search is
   repeated over every list, so a filtered search never comes back short while the subset has k members.
 """
