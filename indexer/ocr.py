@@ -169,6 +169,7 @@ class _Run:
     last: float
     order: int  # creation order: runs starting together keep their reading order
     variants: dict[str, int] = field(default_factory=dict)
+    end: float | None = None  # time of the first sample without the text, once there is one
 
     def text(self) -> str:
         # The read seen most often; on ties the longest (OCR jitter tends to drop characters).
@@ -179,7 +180,9 @@ def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) ->
     """One run per text that appears in consecutive samples; a sample without it ends the run.
 
     observations: (sample time, texts read then) for every sample taken, including ones that read nothing;
-    step: the sampling interval, added to the last time seen to give the run's end.
+    step: the sampling interval. A run ends at the first sample without its text (a shot's keyframe just after
+    a cut counts: the text does not spill into the next shot), at most `step` after the last time it was seen;
+    a run still open at the last sample ends `step` after it.
     """
     open_runs: list[_Run] = []
     done: list[_Run] = []
@@ -206,11 +209,14 @@ def merge_text_runs(observations: list[tuple[float, list[str]]], step: float) ->
             match.last = time
             match.variants[raw] = match.variants.get(raw, 0) + 1
             still_open.append(match)
-        done.extend(open_runs)  # not seen at this sample: the text left the screen
+        for run in open_runs:  # not seen at this sample: the text left the screen by now
+            run.end = min(time, run.last + step)
+        done.extend(open_runs)
         open_runs = still_open
     done.extend(open_runs)
     done.sort(key=lambda r: (r.start, r.order))
-    return [TextRun(start=r.start, end=r.last + step, text=r.text()) for r in done]
+    return [TextRun(start=r.start, end=r.end if r.end is not None else r.last + step, text=r.text())
+            for r in done]
 
 
 def _best_match(runs: list[_Run], key: str) -> _Run | None:

@@ -118,6 +118,15 @@ def test_a_sample_without_the_text_splits_the_run():
     assert merge_text_runs(obs, step=1.0) == [TextRun(0.0, 2.0, "EXIT"), TextRun(3.0, 4.0, "EXIT")]
 
 
+def test_a_run_ends_at_the_first_sample_without_its_text():
+    # A keyframe just after a cut (2.4 s) reads nothing: the sign ends there, not a whole step later.
+    obs = [(0.0, ["EXIT"]), (2.0, ["EXIT"]), (2.4, []), (4.0, [])]
+    assert merge_text_runs(obs, step=2.0) == [TextRun(0.0, 2.4, "EXIT")]
+    # A gap longer than the step caps the end at one step after the text was last seen.
+    obs = [(0.0, ["EXIT"]), (5.0, [])]
+    assert merge_text_runs(obs, step=2.0) == [TextRun(0.0, 2.0, "EXIT")]
+
+
 def test_similar_but_different_texts_do_not_merge():
     # "chapter 1" vs "chapter 2" is 0.89 similar as strings; numbers must agree, so they stay apart.
     obs = [(0.0, ["Chapter 1"]), (1.0, ["Chapter 2"]), (2.0, ["Chapter 2"]), (3.0, ["Chapter 12"])]
