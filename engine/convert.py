@@ -109,7 +109,7 @@ def _interleaved(rows: torch.Tensor, d: int) -> torch.Tensor:
 @torch.no_grad()
 def convert_attention(attn: nn.Module, config: Any, layer_idx: int, rank: int | None = None, calib=None):
     """One Qwen3VLTextAttention -> (InternVideo3LatentAttention in stock mode, LayerReport). See the module doc."""
-    from engine.models.internvideo3 import InternVideo3LatentAttention
+    from engine.models.internvideo3 import InternVideo3LatentAttention, attention_shape
 
     hidden = config.hidden_size
     h, g, d = config.num_attention_heads, config.num_key_value_heads, attn.head_dim
@@ -163,23 +163,9 @@ def convert_attention(attn: nn.Module, config: Any, layer_idx: int, rank: int | 
     group = torch.arange(h) // n_rep
     kv_b = torch.cat((u_heads[0][group], u_heads[1][group]), dim=1).reshape(h * 2 * d, r)
 
-    from types import SimpleNamespace
-
-    shape = SimpleNamespace(
-        hidden_size=hidden,
-        num_attention_heads=h,
-        qk_nope_head_dim=d,
-        qk_rope_head_dim=d,
-        v_head_dim=d,
-        kv_lora_rank=r,
-        kv_lora_rank_list=None,
-        q_proj_bias=True,
-        kv_a_proj_bias=True,
-        qk_latent_layernorm=False,
-        rope_interleave=True,
-        attention_scale=None,
-        attention_dropout=getattr(config, "attention_dropout", 0.0),
-    )
+    shape = attention_shape(hidden, h, d, d, d, r, q_proj_bias=True, kv_a_proj_bias=True,  # biases: the affine column
+                            qk_latent_layernorm=False, rope_interleave=True, attention_scale=None,
+                            attention_dropout=getattr(config, "attention_dropout", 0.0))
     new = InternVideo3LatentAttention(shape, layer_idx, mode="stock").to(torch.float64)
     new.config = config
     dtype, device = attn.q_proj.weight.dtype, attn.q_proj.weight.device

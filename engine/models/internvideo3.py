@@ -24,6 +24,7 @@ single buffer, the value is c, a view of the same buffer.
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import torch
@@ -286,6 +287,16 @@ def dense_weight(linear: nn.Module, dtype: torch.dtype | None = None) -> torch.T
     return weight if dtype is None else weight.to(dtype)
 
 
+def attention_shape(hidden_size: int, heads: int, d_nope: int, d_rope: int, d_v: int, rank: int,
+                    **options: Any) -> SimpleNamespace:
+    """The config fields InternVideo3LatentAttention reads, for one built outside a model config (the GQA
+    converter, a wrapped foreign module). `options`: rope_interleave, attention_scale, attention_dropout,
+    q_proj_bias, kv_a_proj_bias, qk_latent_layernorm, ...; the constructor's defaults stand for what is left out."""
+    return SimpleNamespace(hidden_size=hidden_size, num_attention_heads=heads, qk_nope_head_dim=d_nope,
+                           qk_rope_head_dim=d_rope, v_head_dim=d_v, kv_lora_rank=rank, kv_lora_rank_list=None,
+                           **options)
+
+
 class InternVideo3LatentAttention(nn.Module):
     """Drop-in replacement for Qwen3VLTextAttention with M²LA projections (same forward signature).
 
@@ -483,16 +494,8 @@ class InternVideo3LatentAttention(nn.Module):
         assert module.kv_b_proj.in_features == r, (
             f"kv_b_proj takes {module.kv_b_proj.in_features} inputs, kv_a_proj_with_mqa gives a latent of {r}"
         )
-        from types import SimpleNamespace
-
-        shim = SimpleNamespace(
-            num_attention_heads=heads,
-            qk_nope_head_dim=d_n,
-            qk_rope_head_dim=d_r,
-            v_head_dim=d_v,
-            kv_lora_rank=r,
-            kv_lora_rank_list=None,
-            hidden_size=module.q_proj.in_features,
+        shim = attention_shape(
+            module.q_proj.in_features, heads, d_n, d_r, d_v, r,
             rope_interleave=bool(getattr(cfg, "rope_interleave", True)),
             attention_scale=getattr(module, "scaling", None),
             attention_dropout=getattr(cfg, "attention_dropout", 0.0),
