@@ -51,6 +51,7 @@ from sqlalchemy import case, func, literal, or_, select
 
 from storage.errors import SightlineError
 from storage.models import MODALITIES, Moment, Video
+from storage.vectors import id_mask
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) float32, L2-normalised
 
@@ -143,8 +144,7 @@ def keyword_ranking(library, query: str, n: int, modalities: Sequence[str] | Non
     if subset is not None:
         if not len(subset):
             return []
-        allowed = np.zeros(int(subset.max()) + 1, dtype=bool)
-        allowed[subset] = True
+        allowed = id_mask(subset)
         lo, hi = int(subset.min()), int(subset.max())
         if hi - lo < 4 * len(subset):  # e.g. one video: its moments were written together
             narrow = " AND moments_fts.rowid BETWEEN :lo AND :hi"

@@ -149,14 +149,19 @@ def subset_nprobe(nprobe: int, nlist: int, ntotal: int, allowed: int) -> int:
     return min(nlist, max(nprobe, math.ceil(MIN_SUBSET_CANDIDATES / per_list)))
 
 
+def id_mask(ids: np.ndarray) -> np.ndarray:
+    """A bool array indexed by id, True for the given ids (length max id + 1)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    mask = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=bool)
+    mask[ids] = True
+    return mask
+
+
 def id_selector(ids: np.ndarray):
     """(selector, bitmap) for FAISS search parameters; keep the bitmap alive while the selector is used."""
     import faiss
 
-    ids = np.asarray(ids, dtype=np.int64)
-    bits = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=bool)
-    bits[ids] = True
-    bitmap = np.packbits(bits, bitorder="little")
+    bitmap = np.packbits(id_mask(ids), bitorder="little")
     return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
 
 
