@@ -216,13 +216,10 @@ def ensure_frames(video, ctx) -> FrameIndex:
                     o = ctx.options
                     index = scan(video.media(), folder, o.sample_fps, o.sample_side, on_time=video.on_time,
                                  feed=video.feed)
-            except SightlineError as err:
-                if video.feed is not None:
-                    video.feed.fail(err.user_text())
-                raise
             except Exception as err:
                 if video.feed is not None:
-                    video.feed.fail(f"{type(err).__name__}: {err}")
+                    why = err.user_text() if isinstance(err, SightlineError) else f"{type(err).__name__}: {err}"
+                    video.feed.fail(why)
                 raise
             if video.feed is not None:
                 video.feed.finish(index.samples)
