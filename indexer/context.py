@@ -51,6 +51,7 @@ class MomentIn:
     text: str = ""
     thumbnail: str | None = None  # relative to the library folder
     visual_vector: np.ndarray | None = None  # image embedding ('visual' space), when a visual model is loaded
+    words: list[tuple[float, float, str]] | None = None  # speech: each word's (start, end, text), content seconds
 
 
 @dataclass

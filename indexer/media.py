@@ -42,6 +42,9 @@ class MediaInfo:
     start_time: float  # container start PTS in seconds; subtracted from every frame and audio time
     audio_start: float  # first audio sample's time from the start of the file (0.0 when the audio starts with it)
     size: int  # bytes
+    container: str = ""  # ffprobe's format_name ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "matroska,webm", "avi", ...)
+    audio_codec: str = ""  # "" when there is no audio track
+    rotation: int = 0  # degrees clockwise a player turns the decoded pixels (display matrix): 0, 90, 180 or 270
 
 
 @dataclass
@@ -139,7 +142,7 @@ def _probe_pyav(path: Path) -> dict:
                     entry.update(width=s.codec_context.width, height=s.codec_context.height,
                                  avg_frame_rate=str(s.average_rate or 0), r_frame_rate=str(s.base_rate or 0))
                 streams.append(entry)
-            fmt = {"duration": c.duration / 1e6 if c.duration else None,
+            fmt = {"format_name": c.format.name, "duration": c.duration / 1e6 if c.duration else None,
                    "start_time": c.start_time / 1e6 if c.start_time is not None else None}
             return {"streams": streams, "format": fmt}
     except av.FFmpegError as err:
@@ -172,7 +175,8 @@ def probe(path: str | Path) -> MediaInfo:
     fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
     audio_start = max(0.0, _float(audio.get("start_time"), start) - start) if audio else 0.0
     return MediaInfo(str(path), duration, fps, int(video.get("width") or 0), int(video.get("height") or 0), codec,
-                     audio is not None, start, audio_start, size)
+                     audio is not None, start, audio_start, size, container=str(fmt.get("format_name") or ""),
+                     audio_codec=str((audio or {}).get("codec_name") or ""))
 
 
 # --- fingerprint ------------------------------------------------------------------------------------------------

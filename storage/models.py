@@ -44,6 +44,8 @@ class Video(Base):
     height: Mapped[int | None] = mapped_column(Integer, default=None)
     has_audio: Mapped[bool | None] = mapped_column(Boolean, default=None)
     start_time: Mapped[float] = mapped_column(Float, default=0.0)  # stream start PTS, subtracted from frame times
+    rotation: Mapped[int] = mapped_column(Integer, default=0)  # degrees clockwise a player turns the pixels (0/90/180/270)
+    proxy: Mapped[str | None] = mapped_column(String, default=None)  # browser-playable copy, relative to the library
     status: Mapped[str] = mapped_column(String, default=PENDING)
     error: Mapped[str | None] = mapped_column(Text, default=None)  # the user-facing message when status == failed
     notes: Mapped[str | None] = mapped_column(Text, default=None)  # non-fatal: "no audio track", "no visual model"
@@ -68,6 +70,9 @@ class Moment(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     thumbnail: Mapped[str | None] = mapped_column(String, default=None)  # path relative to the library folder
     stage: Mapped[str] = mapped_column(String)  # the stage that wrote it (re-running a stage replaces its rows)
+    # Speech: the phrase's words as JSON [[start, end, word], ...] (content seconds), so a hit can point at the
+    # first matched word instead of the phrase's start. None for other modalities and for old libraries.
+    words: Mapped[str | None] = mapped_column(Text, default=None)
 
     video: Mapped[Video] = relationship(back_populates="moments")
     embeddings: Mapped[list[Embedding]] = relationship(cascade="all, delete-orphan")
