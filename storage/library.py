@@ -12,6 +12,9 @@ that interrupts a query past its deadline and raises SightlineError instead of h
 
 Any SQLAlchemy URL is accepted. Keyword search uses SQLite FTS5 when the database is SQLite and FTS5 is compiled
 in (`Library.has_fts`); elsewhere it falls back to LIKE and nothing touches FTS5.
+
+The schema is made, and upgraded, only by the Alembic revisions in storage/migrations, run by `Library.open`
+in one writer transaction.
 """
 
 from __future__ import annotations
@@ -32,27 +35,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from storage.errors import SightlineError
-from storage.models import Base, Moment, Video
+from storage.models import Moment, Video
 
 T = TypeVar("T")
 
 DB_NAME = "library.db"
 LOCK_NAME = "indexing.lock"  # held by the indexing run in progress (see Library.indexing_lock)
 BUSY_TIMEOUT_MS = 60_000  # a second writer (another process) waits this long for the lock before failing
-
-# FTS5 over moments.text, kept in step by triggers (SQLite only; other databases fall back to LIKE).
-_FTS_DDL = [
-    "CREATE VIRTUAL TABLE IF NOT EXISTS moments_fts USING fts5("
-    "text, content='moments', content_rowid='id', tokenize='porter unicode61')",
-    "CREATE TRIGGER IF NOT EXISTS moments_ai AFTER INSERT ON moments BEGIN "
-    "INSERT INTO moments_fts(rowid, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS moments_ad AFTER DELETE ON moments BEGIN "
-    "INSERT INTO moments_fts(moments_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS moments_au AFTER UPDATE OF text ON moments BEGIN "
-    "INSERT INTO moments_fts(moments_fts, rowid, text) VALUES ('delete', old.id, old.text); "
-    "INSERT INTO moments_fts(rowid, text) VALUES (new.id, new.text); END",
-]
-
 
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
@@ -127,24 +116,35 @@ class Library:
         lib = None
         try:
             lib = cls(folder, url)
-            lib._create_schema()
+            lib._migrate()
         except DBAPIError as err:
             if lib is not None:
                 lib.close()
             raise SightlineError(f"Cannot open the database {url or folder / DB_NAME}: {err.orig}.",
                                  hint="Check that it is a Sightline library database and is writable, or "
                                  "choose another --library folder.") from err
+        except BaseException:
+            if lib is not None:
+                lib.close()
+            raise
         return lib
 
-    def _create_schema(self) -> None:
-        # In a writer transaction too: two processes opening a new library at once must not race.
-        def create(session: Session) -> None:
-            Base.metadata.create_all(session.connection())
-            if self.has_fts:
-                for ddl in _FTS_DDL:
-                    session.connection().exec_driver_sql(ddl)
+    def _migrate(self) -> None:
+        """Bring the schema to the newest revision (storage/migrations); a no-op read when it is there."""
+        from sqlalchemy import inspect
 
-        self.write(create)
+        from storage import migrations
+
+        with self.engine.connect() as conn:
+            current = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                       if inspect(conn).has_table("alembic_version") else None)
+        if current != migrations.HEAD:
+            # In a writer transaction: two processes opening (or upgrading) a library at once must not race,
+            # and an upgrade that fails half way leaves the library as it was.
+            self.write(lambda session: migrations.upgrade(session.connection(), self.has_fts))
+        if self.has_fts:
+            with self.engine.connect() as conn:  # a library made where SQLite had no FTS5: LIKE, as elsewhere
+                self.has_fts = inspect(conn).has_table(migrations.FTS_PREFIX)
 
     # --- sessions -------------------------------------------------------------------------------------------
 
