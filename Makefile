@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 APT_RUN := ffmpeg
-APT_TEST := ffmpeg chromium fonts-dejavu-core
+APT_TEST := ffmpeg chromium fonts-dejavu-core espeak-ng
 
 .PHONY: run test test-fast system-run system-test clean
 

@@ -103,19 +103,22 @@ class Services:
             return self._vlm
 
     def agent_tools(self):
-        """The agent's tools over this library (the agent never opens the database itself)."""
+        """The agent's tools over this library (the agent never opens the database itself). The text embedder
+        loads here, before any search runs: a search's deadline covers searching, never model loading."""
         from engine.agent.library_tools import LibraryTools
 
-        return LibraryTools(self.library, lambda texts: self.text_embedder(texts))  # loads on first search
+        return LibraryTools(self.library, self.text_embedder)
 
     def ask(self, question: str, video: str | int | None = None, on_step=None):
         """Answer a question over the library or one video; evidence-only (with the reason) when no model loads."""
         from engine.agent import answer, check_library, check_question
 
         question = check_question(question)  # a bad question or an empty library fails before any model loads
+        from engine.agent.library_tools import LibraryTools
+
         video_id = self.library.video_by_ref(video).id if video not in (None, "") else None
+        check_library(LibraryTools(self.library, None))  # an empty library fails before any model loads
         tools = self.agent_tools()
-        check_library(tools)
         chat, reason = self.vlm()
         return answer(question, tools, chat, video_id=video_id, on_step=on_step,
                       max_steps=self.settings.agent_steps, no_model_reason=reason)

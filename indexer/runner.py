@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -207,7 +208,9 @@ def _commit(library, ctx: IndexContext, video: VideoJob, stage, out: StageOutput
             select(Moment.id).where(Moment.video_id == video.id, Moment.stage == stage.NAME))))
         s.execute(delete(Moment).where(Moment.video_id == video.id, Moment.stage == stage.NAME))
         rows = [Moment(video_id=video.id, start=float(m.start), end=float(m.end), modality=m.modality,
-                       text=m.text, thumbnail=m.thumbnail, stage=stage.NAME) for m in out.moments]
+                       text=m.text, thumbnail=m.thumbnail, stage=stage.NAME,
+                       words=json.dumps([[round(a, 3), round(b, 3), w] for a, b, w in m.words]) if m.words else None)
+                for m in out.moments]
         s.add_all(rows)
         s.flush()
         added: dict[str, tuple[list[int], list[np.ndarray]]] = {}

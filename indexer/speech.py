@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.phrases import Word
 from storage.errors import SightlineError
 
 SAMPLE_RATE = 16000
@@ -30,6 +31,7 @@ class SpeechSegment:
     start: float  # seconds from the start of the file (offset included)
     end: float
     text: str
+    words: tuple[Word, ...] = ()  # each word's times (offset included); empty when the model gave none
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Transcriber:
     # compression ratio passes 2.4, which repeated phrases trigger (measured: 5x the CPU time on looped speech,
     # and worse text). VAD and condition_on_previous_text=False already keep tiny models out of loops.
     temperature: tuple[float, ...] = (0.0,)
-    word_timestamps: bool = True  # first-word times tighten segment starts (see tests/test_models_speech.py)
+    word_timestamps: bool = True  # word times: phrases and search hits start at the cited word (indexer/phrases.py)
     # Shorter than faster-whisper's defaults (2000 ms / 400 ms): speech separated by half a second of silence
     # becomes separate chunks, so less silence reaches Whisper and its timestamps have less to drift over.
     vad_parameters: dict = field(default_factory=lambda: {"min_silence_duration_ms": 500, "speech_pad_ms": 200})
@@ -71,7 +73,9 @@ class Transcriber:
                 continue
             # With word_timestamps faster-whisper already moves the segment's bounds to its first/last word.
             start, end = float(seg.start), float(seg.end)
-            out.append(SpeechSegment(round(offset + start, 3), round(offset + max(end, start), 3), text))
+            words = tuple(Word(round(offset + float(w.start), 3), round(offset + float(max(w.end, w.start)), 3),
+                               w.word.strip()) for w in (seg.words or ()) if w.word.strip())
+            out.append(SpeechSegment(round(offset + start, 3), round(offset + max(end, start), 3), text, words))
         self.language = self.forced_language or info.language
         return out
 

@@ -39,6 +39,7 @@ The keyword ranking runs on a helper thread while the query is embedded and FAIS
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -274,13 +275,79 @@ def fuse(rankings: dict[str, list], k: int = RRF_K) -> list[tuple[int, float, di
     return sorted(((m, s / best, sources[m]) for m, s in scores.items()), key=lambda t: (-t[1], t[0]))
 
 
-def hits_for(library, fused: list[tuple[int, float, dict]], deadline_s: float | None = None) -> list[MomentHit]:
-    """Load moments for fused (id, score, sources) triples, keeping their order."""
+# --- the cited words of a speech hit -----------------------------------------------------------------------
+
+LEAD_IN_S = 0.2  # a speech hit starts this much before its first cited word (never before the word before it)
+_SUFFIXES = ("ing", "ed", "es", "s")
+_STOP_WORDS_TEXT = ("a an and are as at be but by do for from had has have he her his i if in is it its of on "
+                    "or our she so that the their them then there they this to was we were what when where "
+                    "which who will with you your")
+
+
+def _stem(word: str) -> str:
+    """A light suffix stripper, so "failing" finds "failed" as FTS5's porter stemmer lets it."""
+    word = "".join(re.findall(r"\w+", word.lower()))
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+_STOP_WORDS = frozenset(_stem(w) for w in _STOP_WORDS_TEXT.split())
+
+
+def cited_span(words: Sequence[Sequence], query: Sequence[str]) -> tuple[float, float, str] | None:
+    """(start, end, cited text) of the query's words inside a phrase's words [[start, end, word], ...].
+
+    The cited place is the longest run of consecutive phrase words that are query words (earliest on a tie):
+    for "fail better" in "Fail again, fail better." that is the second "fail", not the first. Start is that
+    run's first word (with LEAD_IN_S), end the phrase's end. None when no query word is in the phrase."""
+    wanted = {_stem(w) for w in query} - {""}
+    if wanted - _STOP_WORDS:
+        wanted -= _STOP_WORDS  # "the" and "is" say nothing about where the cited words are
+    if not words or not wanted:
+        return None
+    stems = [_stem(str(w[2])) for w in words]
+    best_at, best_len, run_at, run_len = None, 0, 0, 0
+    for i, stem in enumerate(stems):
+        if stem in wanted:
+            run_at, run_len = (run_at, run_len + 1) if run_len else (i, 1)
+            if run_len > best_len:
+                best_at, best_len = run_at, run_len
+        elif not (run_len and stem in _STOP_WORDS):  # "fail *the* test" stays one run
+            run_len = 0
+    if best_at is None:
+        return None
+    first = float(words[best_at][0])
+    floor = float(words[best_at - 1][1]) if best_at > 0 else first - LEAD_IN_S
+    start = max(0.0, min(first, max(first - LEAD_IN_S, floor)))
+    cited = " ".join(str(w[2]) for w in words[best_at:best_at + best_len])
+    return round(start, 3), float(words[-1][1]), cited
+
+
+def _point_at_words(hit: MomentHit, words_json: str | None, query: Sequence[str]) -> None:
+    if not words_json or not query:
+        return
+    try:
+        words = json.loads(words_json)
+    except ValueError:
+        return  # a damaged row: the phrase's own start is still right to the phrase
+    span = cited_span(words, query)
+    if span is not None:
+        hit.sources["phrase"] = [hit.start, hit.end]
+        hit.start, hit.end = span[0], max(span[1], span[0])
+        hit.sources["cited"] = span[2]
+
+
+def hits_for(library, fused: list[tuple[int, float, dict]], deadline_s: float | None = None,
+             query: Sequence[str] = ()) -> list[MomentHit]:
+    """Load moments for fused (id, score, sources) triples, keeping their order. With the query's words, a
+    speech hit that contains them starts at the first cited word (`cited_span`), its phrase kept in sources."""
     ids = [m for m, _, _ in fused]
     if not ids:
         return []
     columns = (Moment.id, Moment.video_id, Video.path, Moment.start, Moment.end, Moment.modality, Moment.text,
-               Moment.thumbnail)
+               Moment.thumbnail, Moment.words)
     with library.read(deadline_s) as s:  # plain rows, not ORM objects: this runs on every search
         rows = {r[0]: r for r in s.execute(
             select(*columns).join(Video, Moment.video_id == Video.id).where(Moment.id.in_(ids))).all()}
@@ -288,11 +355,12 @@ def hits_for(library, fused: list[tuple[int, float, dict]], deadline_s: float | 
     for mid, score, src in fused:
         if mid not in rows:
             continue  # deleted since the index was read
-        _, video_id, path, start, end, modality, text_, thumbnail = rows[mid]
+        _, video_id, path, start, end, modality, text_, thumbnail, words = rows[mid]
         # library.folder is already absolute and resolved: a join, not Path.resolve() (8 ms per search at k=50)
         thumb = os.path.normpath(os.path.join(library.folder, thumbnail)) if thumbnail else None
-        out.append(MomentHit(mid, video_id, path, start, end, modality, text_, round(score, 4), thumb,
-                             sources=dict(src)))
+        hit = MomentHit(mid, video_id, path, start, end, modality, text_, round(score, 4), thumb, sources=dict(src))
+        _point_at_words(hit, words, query)
+        out.append(hit)
     return out
 
 
@@ -344,6 +412,10 @@ def search(
         raise SightlineError(f"Unknown modality {sorted(unknown)}.", hint=f"Use one of {', '.join(MODALITIES)}.")
     if k < 1:
         raise SightlineError(f"k must be at least 1, got {k}.", hint="Ask for one or more moments.")
+    # Opening a vector store (the first search of a process reads, and may rebuild, its FAISS file) is loading,
+    # not searching: it happens before the deadline starts, as the embedders' loading does (app/services.py).
+    spaces = [(space, fn) for space, fn in (("text", embed_text), ("visual", embed_visual_text))
+              if fn is not None and _has_vectors(library, space)]
     deadline = _Deadline(deadline_s)
     n = max(50, 5 * k)  # each retriever's list: deep enough for fusion to matter
     subset = allowed_ids(library, modalities, video_ids, deadline.left())  # cached; None without filters
@@ -352,14 +424,13 @@ def search(
     keyword = _POOL.submit(keyword_ranking, library, query, n, modalities, video_ids, deadline.left(), subset)
     rankings: dict[str, list] = {}
     try:
-        for space, fn in (("text", embed_text), ("visual", embed_visual_text)):
-            if fn is not None and _has_vectors(library, space):
-                vector = np.asarray(fn([query]), dtype=np.float32)[0]
-                floor = MIN_TEXT_SIMILARITY if space == "text" else None
-                rankings[space] = vector_ranking(library, space, vector, n, subset, floor)
+        for space, fn in spaces:
+            vector = np.asarray(fn([query]), dtype=np.float32)[0]
+            floor = MIN_TEXT_SIMILARITY if space == "text" else None
+            rankings[space] = vector_ranking(library, space, vector, n, subset, floor)
     finally:
         keyword_hits = keyword.result()  # waits even when embedding failed: no query left running behind
     rankings = {"keyword": keyword_hits, **rankings}
     fused = fuse(rankings)[: 4 * k + 10]  # extra candidates: merging overlaps removes some
-    hits = merge_overlapping(hits_for(library, fused, deadline.left()))
+    hits = merge_overlapping(hits_for(library, fused, deadline.left(), query_words(query)))
     return hits[:k]

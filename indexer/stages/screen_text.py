@@ -4,7 +4,8 @@ OCR costs ~0.5 s a frame while decoding costs milliseconds, so a frame is looked
 the last frame looked at (mean absolute difference of 64x36 grayscale copies), and read in full only when text
 detection alone on a small copy (`ocr_gate_side` px, ~0.05 s) finds text there. When a new text shows up, the
 samples between the two reads are checked too, so the moment starts within one sample step of the text's
-first appearance. Consecutive sightings of the same text merge into one `text` moment.
+first appearance; when a text leaves, the skipped samples are read forward, so it ends at the first sample
+without it (exact to one sample at both ends). Consecutive sightings of the same text merge into one `text` moment.
 
 It follows the decode pass (`indexer.frames.follow`): each sample is read as soon as it is cached, so OCR runs
 beside the decoding instead of after it.
@@ -30,7 +31,7 @@ MIN_CONFIDENCE = 0.6
 
 def signature(ctx: IndexContext) -> str:
     o = ctx.options
-    return f"v1 interval={o.ocr_interval} fps={o.sample_fps} gate={o.ocr_gate_side}"
+    return f"v2 exact-ends interval={o.ocr_interval} fps={o.sample_fps} gate={o.ocr_gate_side}"
 
 
 def _norm(text: str) -> str:
@@ -48,13 +49,20 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     gate = ctx.options.ocr_gate_side
     reads = {"n": 0, "gated": 0}
 
+    seen: dict[float, list[str]] = {}  # what each read sample showed: back and forward fills share reads
+
     def read(sample) -> list[str]:
+        if sample.t in seen:
+            return seen[sample.t]
         image = frames.image(sample)
         if gate and not _has_text(reader, image, gate):
             reads["gated"] += 1
-            return []
-        reads["n"] += 1
-        return [t.strip() for t, conf in reader.read(image) if conf >= MIN_CONFIDENCE and t.strip()]
+            texts = []
+        else:
+            reads["n"] += 1
+            texts = [t.strip() for t, conf in reader.read(image) if conf >= MIN_CONFIDENCE and t.strip()]
+        seen[sample.t] = texts
+        return texts
 
     observations: dict[float, list[str]] = {}
     samples = []  # those seen so far
@@ -69,10 +77,14 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         changed = last_gray is None or float(np.abs(gray - last_gray).mean()) > CHANGE
         texts = read(sample) if changed else list(last_texts)
         if changed:
-            new = {_norm(t) for t in texts} - {_norm(t) for t in last_texts}
-            if new and i - last_read > 1:
-                # Unread samples since the last read: find how far back the new text goes.
-                observations.update(_back_fill(samples[last_read + 1:i], new, read))
+            now, before = {_norm(t) for t in texts}, {_norm(t) for t in last_texts}
+            between = samples[last_read + 1:i]  # unread samples since the last read
+            if before - now and between:
+                # A text is gone: find how long it stayed, so its moment ends at the first sample without it.
+                observations.update(_fill(between, before - now, read))
+            if now - before and between:
+                # A new text: find how far back it goes, so its moment starts at its first sample.
+                observations.update(_fill(between[::-1], now - before, read))
             last_gray, last_read = gray, i
         observations[sample.t] = texts
         last_texts, last_t = texts, sample.t
@@ -109,12 +121,13 @@ def _has_text(reader, image: np.ndarray, side: int) -> bool:
     return boxes is not None and len(boxes) > 0
 
 
-def _back_fill(between, new: set[str], read) -> list[tuple[float, list[str]]]:
-    """Read the samples before a read that found new text, latest first, while the new text is still there."""
+def _fill(samples, wanted: set[str], read) -> list[tuple[float, list[str]]]:
+    """Read `samples` in the order given while one of the `wanted` texts is still there, and the first one
+    without it (which ends, or starts, the text's run exactly)."""
     found = []
-    for sample in reversed(between):
+    for sample in samples:
         texts = read(sample)
-        if not ({_norm(t) for t in texts} & new):
-            break
         found.append((sample.t, texts))
+        if not ({_norm(t) for t in texts} & wanted):
+            break
     return found  # (t, texts) pairs; they replace the reused reads at those times

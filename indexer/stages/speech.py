@@ -1,6 +1,7 @@
-"""Speech: 16 kHz mono audio streamed in chunks -> VAD + faster-whisper -> `speech` moments.
+"""Speech: 16 kHz mono audio streamed in chunks -> VAD + faster-whisper -> phrases -> `speech` moments.
 
 Runs in the audio lane, beside the frame stages. A video without an audio track gets a note, not an error.
+Each moment is a phrase (a sentence or clause, indexer/phrases.py) with its words' times, not a Whisper segment.
 Thumbnails come from the frame cache once the frame lane has scanned the video.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from indexer.context import IndexContext, MomentIn, StageOutput, VideoJob
 from indexer.frames import cache_folder, load_index, nearest_sample
 from indexer.media import iter_audio
+from indexer.phrases import Phrase, split_phrases
 from indexer.thumbnails import moment_thumbnail
 
 NAME = "speech"
@@ -18,7 +20,7 @@ FRAMES_WAIT_S = 3600.0
 
 
 def signature(ctx: IndexContext) -> str:
-    return f"v1 model={ctx.transcriber.what}"
+    return f"v2 phrases model={ctx.transcriber.what}"
 
 
 def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
@@ -31,8 +33,9 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         segments.extend(transcriber.transcribe(chunk, offset=offset))
         if video.on_audio is not None:
             video.on_audio(offset + len(chunk) / 16000)
-    moments = [MomentIn(max(0.0, s.start), min(max(s.end, s.start), info.duration), "speech", s.text)
-               for s in segments if s.text.strip() and s.start < info.duration]
+    moments = [MomentIn(max(0.0, p.start), min(max(p.end, p.start), info.duration), "speech", p.text,
+                        words=[(w.start, w.end, w.text) for w in p.words] or None)
+               for p in phrases_of(segments) if p.text.strip() and p.start < info.duration]
     video.frames_ready.wait(FRAMES_WAIT_S)
     index = video.frame_index or load_index(cache_folder(ctx.cache_dir, video.id, video.fingerprint))
     if index is not None:
@@ -43,3 +46,19 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     language = getattr(transcriber, "language", None)
     return StageOutput(moments=moments, media_s=info.duration,
                        detail={"segments": len(moments), "language": language})
+
+
+def phrases_of(segments) -> list[Phrase]:
+    """Whisper segments -> phrases. Words run on across segment bounds; a segment without word times (a model
+    that gives none) stays one phrase."""
+    out: list[Phrase] = []
+    words: list = []
+    for seg in segments:
+        if seg.words:
+            words.extend(seg.words)
+            continue
+        out.extend(split_phrases(words))
+        words = []
+        out.append(Phrase(seg.start, seg.end, seg.text))
+    out.extend(split_phrases(words))
+    return out
