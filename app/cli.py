@@ -51,17 +51,41 @@ def _services(ctx: click.Context):
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--captions/--no-captions", default=None, help=help_of("captions"))
 @click.pass_context
 @_user_errors
 def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> None:
-    """Index video files or folders (incremental: unchanged files are skipped)."""
+    """Index video files or folders (incremental: unchanged files are skipped).
+
+    With no PATH, bring every video already in the library up to date: only the stages that must run again
+    (after an upgrade, a model change or a failure; `sightline status` lists them) run.
+    """
     services = _services(ctx)
-    summary = services.index(list(paths), captions=captions, show_progress=True)
+    targets = list(paths) or _library_videos(services)
+    summary = services.index(targets, captions=captions, show_progress=True)
     click.echo(summary.describe())
     if summary.failed and not summary.done:
         sys.exit(1)
+
+
+def _library_videos(services) -> list[str]:
+    """The files of every video in the library that is still on disk; the others are named and left alone."""
+    from pathlib import Path
+
+    from storage.catalog import videos
+
+    rows = videos(services.library)
+    if not rows:
+        raise SightlineError("The library has no videos yet.",
+                             hint="Give the files or folders to index: sightline index PATH...")
+    gone = [r.path for r in rows if not Path(r.path).is_file()]
+    for path in gone:
+        click.echo(f"not on disk, left as it is: {path}", err=True)
+    if len(gone) == len(rows):
+        raise SightlineError("None of the library's videos is on disk any more.",
+                             hint="Put the files back, or index their new location: sightline index PATH...")
+    return [r.path for r in rows if r.path not in gone]
 
 
 @cli.command()
@@ -87,7 +111,13 @@ def _format_status(report: dict) -> str:
             line += f"\n        error: {v['error']}"
         if v.get("notes"):
             line += f"\n        note: {v['notes']}"
+        for stage, why in v.get("reruns", {}).items():
+            line += f"\n        {stage} {why}" if why.startswith("re-runs") else f"\n        {stage} re-runs: {why}"
         lines.append(line)
+    reruns = report.get("reruns") or {}
+    if reruns.get("videos"):
+        stages = ", ".join(f"{stage} ({n} video{'s' if n != 1 else ''})" for stage, n in reruns["stages"].items())
+        lines.append(f"The next index re-runs {stages}: run `{reruns['command']}`.")
     return "\n".join(lines)
 
 

@@ -165,8 +165,21 @@ def moments_of(library, video_id: int, limit: int = 300) -> list[dict]:
                  "thumbnail": str(library.path_of(m.thumbnail)) if m.thumbnail else None} for m in rows]
 
 
+# The runner redoes every stage whose mark is not one of these (an upgrade marks changed stages `outdated`).
+FINISHED_MARKS = ("done", "skipped")
+
+
+def rerun_command(library) -> str:
+    """The command that brings every video of the library up to date."""
+    import shlex
+
+    return f"sightline --library {shlex.quote(str(library.folder))} index"
+
+
 def status_report(library) -> dict:
-    """Everything `sightline status --json` prints: counts, every video with its stages, the last job."""
+    """Everything `sightline status --json` prints: counts, every video with its stages, the last job, and
+    which stages the next `sightline index` re-runs and why (`reruns`, per video and in all)."""
+    reruns: dict[int, dict[str, str]] = {}
     with library.read() as s:
         counts = dict(s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all())
         moments = dict(s.execute(select(Moment.modality, func.count(Moment.id)).group_by(Moment.modality)).all())
@@ -176,10 +189,13 @@ def status_report(library) -> dict:
             stages.setdefault(r.video_id, {})[r.stage] = {
                 "status": r.status, "wall_s": round(r.wall_s, 3), "media_s": round(r.media_s, 3),
                 "message": r.message}
+            if r.status not in FINISHED_MARKS:
+                reruns.setdefault(r.video_id, {})[r.stage] = r.message or f"its last run is marked {r.status}"
         videos = [{
             "id": v.id, "path": v.path, "status": v.status, "duration": v.duration, "fps": v.fps,
             "width": v.width, "height": v.height, "has_audio": v.has_audio, "error": v.error, "notes": v.notes,
             "moments": per_video.get(v.id, 0), "stages": stages.get(v.id, {}), "indexed_at": v.indexed_at,
+            "reruns": reruns.get(v.id, {}),
         } for v in s.scalars(select(Video).order_by(Video.id)).all()]
         job = s.scalars(select(Job).order_by(Job.id.desc()).limit(1)).first()
         last_job = None if job is None else {
@@ -187,5 +203,10 @@ def status_report(library) -> dict:
             "media_seconds_total": job.media_seconds_total, "media_seconds_done": job.media_seconds_done,
             "created_at": job.created_at,
             "finished_at": job.finished_at}
+    by_stage: dict[str, int] = {}
+    for stages_of_video in reruns.values():
+        for stage in stages_of_video:
+            by_stage[stage] = by_stage.get(stage, 0) + 1
+    summary = {"videos": len(reruns), "stages": by_stage, "command": rerun_command(library) if reruns else None}
     return {"library": str(library.folder), "counts": counts, "moments": sum(moments.values()),
-            "moments_by_modality": moments, "videos": videos, "last_job": last_job}
+            "moments_by_modality": moments, "videos": videos, "last_job": last_job, "reruns": summary}

@@ -102,9 +102,9 @@ def upgrade() -> None:
         sa.Column("media_s", sa.Float(), nullable=False),
         sa.Column("message", sa.Text(), nullable=True),
         sa.Column("finished_at", sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(["video_id"], ["videos.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("video_id", "stage"),
+        sa.ForeignKeyConstraint(["video_id"], ["videos.id"], ondelete="CASCADE"),
     )
     op.create_table(
         "embeddings",
@@ -113,9 +113,9 @@ def upgrade() -> None:
         sa.Column("space", sa.String(), nullable=False),
         sa.Column("model", sa.String(), nullable=False),
         sa.Column("vector", sa.LargeBinary(), nullable=False),
-        sa.ForeignKeyConstraint(["moment_id"], ["moments.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("moment_id", "space"),
+        sa.ForeignKeyConstraint(["moment_id"], ["moments.id"], ondelete="CASCADE"),
     )
     op.create_index("ix_embeddings_space", "embeddings", ["space", "moment_id", "model"])
     op.create_index("ix_embeddings_moment_id", "embeddings", ["moment_id"])
