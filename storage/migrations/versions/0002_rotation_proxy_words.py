@@ -32,11 +32,16 @@ def upgrade() -> None:
     # batch_alter_table: on SQLite an ADD COLUMN stays a plain ALTER (no table copy, so the FTS5 triggers on
     # moments and the ON DELETE CASCADE rows below videos are never touched). rotation is NOT NULL like the
     # model; the server default fills the rows already there.
+    # A library that create_all made from the models of 81b754c (before this revision) has the columns already.
+    have = {table: {c["name"] for c in sa.inspect(op.get_bind()).get_columns(table)} for table in ("videos", "moments")}
     with op.batch_alter_table("videos") as batch:
-        batch.add_column(sa.Column("rotation", sa.Integer(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("proxy", sa.String(), nullable=True))
+        if "rotation" not in have["videos"]:
+            batch.add_column(sa.Column("rotation", sa.Integer(), nullable=False, server_default="0"))
+        if "proxy" not in have["videos"]:
+            batch.add_column(sa.Column("proxy", sa.String(), nullable=True))
     with op.batch_alter_table("moments") as batch:
-        batch.add_column(sa.Column("words", sa.Text(), nullable=True))
+        if "words" not in have["moments"]:
+            batch.add_column(sa.Column("words", sa.Text(), nullable=True))
 
     stage_runs = sa.table("stage_runs", sa.column("stage", sa.String), sa.column("status", sa.String),
                           sa.column("message", sa.Text))
