@@ -67,6 +67,6 @@ def upgrade(connection, fts5: bool) -> str | None:
         raise SightlineError(
             f"This library's database was upgraded by a newer Sightline (schema revision {was}; this version "
             f"knows up to {script.get_current_head()}).",
-            hint="Install the newer Sightline again (pip install -U sightline), or open another --library.")
+            hint="Use the newer Sightline that upgraded it (update this install), or open another --library.")
     command.upgrade(cfg, "head")
     return was
