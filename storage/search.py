@@ -296,24 +296,29 @@ def _stem(word: str) -> str:
 _STOP_WORDS = frozenset(_stem(w) for w in _STOP_WORDS_TEXT.split())
 
 
-def cited_span(words: Sequence[Sequence], query: Sequence[str]) -> tuple[float, float, str] | None:
+def _tokens(text: str) -> list[str]:
+    """Words with their apostrophes ("you're" is one word, as Whisper writes it), stemmed."""
+    return [_stem(w) for w in re.findall(r"\w+(?:['’]\w+)*", text)]
+
+
+def cited_span(words: Sequence[Sequence], query: str) -> tuple[float, float, str] | None:
     """(start, end, cited text) of the query's words inside a phrase's words [[start, end, word], ...].
 
     The cited place is the longest run of consecutive phrase words that are query words (earliest on a tie):
     for "fail better" in "Fail again, fail better." that is the second "fail", not the first. Start is that
     run's first word (with LEAD_IN_S), end the phrase's end. None when no query word is in the phrase."""
-    wanted = {_stem(w) for w in query} - {""}
+    wanted = set(_tokens(query)) - {""}
     if wanted - _STOP_WORDS:
         wanted -= _STOP_WORDS  # "the" and "is" say nothing about where the cited words are
     if not words or not wanted:
         return None
-    stems = [_stem(str(w[2])) for w in words]
-    best_at, best_len, run_at, run_len = None, 0, 0, 0
+    stems = ["".join(_tokens(str(w[2]))) for w in words]
+    best_at, best_end, best_len, run_at, run_len = None, 0, 0, 0, 0
     for i, stem in enumerate(stems):
         if stem in wanted:
             run_at, run_len = (run_at, run_len + 1) if run_len else (i, 1)
             if run_len > best_len:
-                best_at, best_len = run_at, run_len
+                best_at, best_end, best_len = run_at, i, run_len
         elif not (run_len and stem in _STOP_WORDS):  # "fail *the* test" stays one run
             run_len = 0
     if best_at is None:
@@ -321,11 +326,11 @@ def cited_span(words: Sequence[Sequence], query: Sequence[str]) -> tuple[float, 
     first = float(words[best_at][0])
     floor = float(words[best_at - 1][1]) if best_at > 0 else first - LEAD_IN_S
     start = max(0.0, min(first, max(first - LEAD_IN_S, floor)))
-    cited = " ".join(str(w[2]) for w in words[best_at:best_at + best_len])
+    cited = " ".join(str(w[2]) for w in words[best_at:best_end + 1])
     return round(start, 3), float(words[-1][1]), cited
 
 
-def _point_at_words(hit: MomentHit, words_json: str | None, query: Sequence[str]) -> None:
+def _point_at_words(hit: MomentHit, words_json: str | None, query: str) -> None:
     if not words_json or not query:
         return
     try:
@@ -340,9 +345,9 @@ def _point_at_words(hit: MomentHit, words_json: str | None, query: Sequence[str]
 
 
 def hits_for(library, fused: list[tuple[int, float, dict]], deadline_s: float | None = None,
-             query: Sequence[str] = ()) -> list[MomentHit]:
-    """Load moments for fused (id, score, sources) triples, keeping their order. With the query's words, a
-    speech hit that contains them starts at the first cited word (`cited_span`), its phrase kept in sources."""
+             query: str = "") -> list[MomentHit]:
+    """Load moments for fused (id, score, sources) triples, keeping their order. With the query, a speech hit
+    that contains its words starts at the first cited word (`cited_span`), its phrase kept in sources."""
     ids = [m for m, _, _ in fused]
     if not ids:
         return []
@@ -432,5 +437,5 @@ def search(
         keyword_hits = keyword.result()  # waits even when embedding failed: no query left running behind
     rankings = {"keyword": keyword_hits, **rankings}
     fused = fuse(rankings)[: 4 * k + 10]  # extra candidates: merging overlaps removes some
-    hits = merge_overlapping(hits_for(library, fused, deadline.left(), query_words(query)))
+    hits = merge_overlapping(hits_for(library, fused, deadline.left(), query))
     return hits[:k]

@@ -79,7 +79,7 @@ def _rows(ws: list[Word]) -> list[list]:
 
 def test_cited_span_is_the_run_of_query_words_not_the_first_match():
     ws = words("Fail again, fail better.", start=20.0, gap=0.5)
-    start, end, cited = cited_span(_rows(ws), ["fail", "better"])
+    start, end, cited = cited_span(_rows(ws), "fail better")
     assert cited == "fail better."
     assert start == pytest.approx(ws[2].start - LEAD_IN_S)
     assert end == ws[-1].end
@@ -87,16 +87,23 @@ def test_cited_span_is_the_run_of_query_words_not_the_first_match():
 
 def test_cited_span_lead_in_never_reaches_the_word_before():
     ws = [Word(1.0, 1.9, "said"), Word(2.0, 2.4, "budget")]
-    start, _, _ = cited_span(_rows(ws), ["budget"])
+    start, _, _ = cited_span(_rows(ws), "budget")
     assert start == 1.9
 
 
 def test_cited_span_stems_and_ignores_stop_words():
     ws = words("the plan is that we are failing the test", gap=0.5)
-    start, _, cited = cited_span(_rows(ws), ["the", "failed"])
+    start, _, cited = cited_span(_rows(ws), "the failed")
     assert cited == "failing"
     assert start == pytest.approx(ws[6].start - LEAD_IN_S)
-    assert cited_span(_rows(ws), ["budget"]) is None
+    assert cited_span(_rows(ws), "budget") is None
+
+
+def test_cited_span_keeps_apostrophes_in_words():
+    ws = words("If you're good at something, never do it for free.", gap=0.5)
+    start, _, cited = cited_span(_rows(ws), "if you're good at something")
+    assert cited == "you're good at something,"
+    assert start == pytest.approx(ws[1].start - LEAD_IN_S)
 
 
 # --- end to end on a spoken reading --------------------------------------------------------------------------
