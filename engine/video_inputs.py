@@ -1,7 +1,8 @@
 """Video windows -> frames with PTS timestamps -> model inputs through the real Qwen3-VL processor.
 
 `sample_clip` decodes a window of a file at a given fps (decord, PyAV as fallback), with every frame's time taken
-from the stream's PTS, the window snapped into [0, duration], and a per-frame and total pixel budget plus a frame
+from the stream's PTS as content time (0 is the first frame a player shows; `VideoClock`), frames upright as a
+player shows them, the window snapped into [0, duration], and a per-frame and total pixel budget plus a frame
 cap so a long window cannot run the GPU out of memory. `build_inputs` hands the frames to `Qwen3VLProcessor`
 (do_sample_frames=False) with metadata that makes the processor's `<t seconds>` stamps equal the mean PTS of each
 frame pair. The processor computes stamps as frames_indices / fps; we pass fps = 1e6 and the PTS in microseconds
@@ -10,8 +11,10 @@ as the "indices", so variable-frame-rate files get true times, not index/average
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +35,7 @@ MIN_FRAME_PIXELS = 4 * 32 * 32  # below 64x64 a frame says nothing; fewer frames
 
 @dataclass
 class Clip:
-    """Frames of one window of one video; timestamps are seconds from the file's start, from PTS."""
+    """Frames of one window of one video, upright; timestamps are content seconds, from PTS."""
 
     video_id: int | None
     path: str
@@ -40,7 +43,7 @@ class Clip:
     timestamps: list[float]
     start: float = 0.0  # the window actually sampled, after snapping into [0, duration]
     end: float = 0.0
-    duration: float = 0.0  # of the whole file
+    duration: float = 0.0  # content seconds of the whole video stream
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -93,58 +96,149 @@ def _pick(starts: np.ndarray, times: np.ndarray) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class VideoClock:
+    """How a file's PTS become content time and its pixels become upright (the rule of indexer/media.py, kept
+    here because the engine does not import the indexer; tests/test_media_clock.py proves the two agree):
+    content t = PTS - start, where start is the video stream's first frame (after the edit list), and frames
+    are turned `rotation` degrees clockwise, as a player shows them."""
+
+    start: float  # PTS seconds of the video's first frame
+    duration: float  # content seconds to the end of the video stream
+    rotation: int  # degrees clockwise a player turns the stored pixels: 0, 90, 180, 270
+    width: int  # displayed size (rotation applied)
+    height: int
+    container: str  # the demuxer's first name: "mov", "matroska", "mpegts", "avi", ...
+
+
+# decord 0.6.0 subtracts the video's start time and turns frames upright itself, but it mis-seeks MPEG-TS (frames
+# lag their times by about the start offset) and lists an MP4 edit list's lead-in as frames with negative times;
+# other containers go to PyAV, as in indexer/media.py.
+DECORD_CONTAINERS = ("mov", "matroska", "avi")
+
+
+def video_clock(path: str | Path) -> VideoClock:
+    """The file's clock and orientation (PyAV; cached while the file is unchanged)."""
+    st = Path(path).stat()
+    return _video_clock(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=64)
+def _video_clock(path: str, mtime_ns: int, size: int) -> VideoClock:
+    import av
+
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        tb = stream.time_base
+        if stream.start_time is not None:
+            start = float(stream.start_time * tb)
+        else:
+            start = c.start_time / 1e6 if c.start_time is not None else 0.0
+        first = next(c.decode(stream), None)  # PyAV shows the display matrix on frames (counter-clockwise)
+        rotation = int(round(-float(getattr(first, "rotation", 0) or 0) / 90.0)) * 90 % 360
+        if stream.duration:
+            end = start + float(stream.duration * tb)
+        else:  # Matroska/WebM state no stream duration: the end of the last packet
+            end = _last_video_packet_end(c, stream)
+        w, h = stream.codec_context.width, stream.codec_context.height
+        container = c.format.name.split(",")[0]
+    if rotation in (90, 270):
+        w, h = h, w
+    return VideoClock(start, max(0.0, end - start), rotation, w, h, container)
+
+
+def _last_video_packet_end(c, stream) -> float:
+    end = 0.0
+    c.seek((c.start_time or 0) + (c.duration or 0) + 1_000_000, backward=True, any_frame=False)  # past any end
+    for packet in c.demux(stream):
+        if packet.pts is not None:
+            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    return end
+
+
+def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """(T, H, W, 3) stored frames turned `rotation` degrees clockwise (np.rot90 turns counter-clockwise)."""
+    if not rotation:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))
+
+
 def _sample_decord(path: str, start, end, fps, max_frames, max_pixels, total_pixels):
     import decord
 
-    probe = decord.VideoReader(path, num_threads=1)
-    n = len(probe)
+    clock = video_clock(path)
+    if clock.container not in DECORD_CONTAINERS:
+        raise RuntimeError(f"decord mis-seeks {clock.container}; PyAV reads it")
+    start, end, times, per_frame = plan_sampling(start, end, clock.duration, fps, max_frames, max_pixels,
+                                                 total_pixels)
+    h, w = frame_size(clock.height, clock.width, per_frame)
+    reader = decord.VideoReader(path, width=w, height=h, num_threads=1)  # upright at the displayed size
+    n = len(reader)
     if n == 0:
         raise RuntimeError("no frames")
-    ts = np.asarray(probe.get_frame_timestamp(np.arange(n)), dtype=np.float64)  # (n, 2) PTS start/end seconds
-    height, width = probe[0].shape[:2]
-    del probe
-    duration = float(ts[-1, 1])
-    start, end, times, per_frame = plan_sampling(start, end, duration, fps, max_frames, max_pixels, total_pixels)
+    ts = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64)  # (n, 2): content start/end
+    if ts[0, 0] < -1e-6:
+        raise RuntimeError("an edit list's lead-in is listed as frames (negative times); PyAV reads this file")
     indices = _pick(ts[:, 0], times)
-    h, w = frame_size(height, width, per_frame)
-    reader = decord.VideoReader(path, width=w, height=h, num_threads=1)
     frames = reader.get_batch(indices).asnumpy()
-    return frames, [float(ts[i, 0]) for i in indices], start, end, duration, "decord"
+    return frames, [float(ts[i, 0]) for i in indices], start, end, clock.duration, "decord"
+
+
+SEEK_BACK = (0.0, 1.0, 4.0, 16.0, 64.0)  # seconds before the target to seek to, tried in turn
+
+
+def _decode_from(container, stream, t0: float, clock: VideoClock):
+    """(content t, frame) from the last frame at or before content time t0 on; frames before content 0 (an edit
+    list's lead-in) are left out. Seeks land on the file's own clock (content time + the first frame's PTS),
+    and where a demuxer lands past the target (MPEG-TS seeks are approximate: measured 2 s late on the mpegts
+    variant of tests/media_variants.py) it seeks again, further back."""
+    tb = float(stream.time_base)
+    for back in SEEK_BACK + (None,):
+        target = clock.start if back is None else clock.start + max(0.0, t0 - back)
+        container.seek(max(0, int(target / tb)), stream=stream, backward=True)
+        frames = container.decode(stream)
+        for frame in frames:
+            pts = float(frame.pts * tb) if frame.pts is not None else frame.time
+            if pts is not None:
+                break
+        else:
+            continue  # nothing decodable after this seek point
+        if pts - clock.start > t0 + 1e-6 and back is not None and target > clock.start:
+            continue  # landed past the target: seek further back
+        for frame in itertools.chain([frame], frames):
+            pts = float(frame.pts * tb) if frame.pts is not None else frame.time
+            if pts is not None and pts - clock.start >= -1e-6:
+                yield max(0.0, pts - clock.start), frame
+        return
 
 
 def _sample_pyav(path: str, start, end, fps, max_frames, max_pixels, total_pixels):
     import av
 
+    clock = video_clock(path)
+    start, end, times, per_frame = plan_sampling(start, end, clock.duration, fps, max_frames, max_pixels,
+                                                 total_pixels)
+    h, w = frame_size(clock.height, clock.width, per_frame)  # upright size
+    sw, sh = (h, w) if clock.rotation in (90, 270) else (w, h)  # the stored pixels are scaled before turning
     with av.open(path) as container:
         stream = container.streams.video[0]
-        tb = float(stream.time_base)
-        if stream.duration:
-            duration = stream.duration * tb
-        elif container.duration:
-            duration = container.duration / 1e6
-        else:
-            raise RuntimeError("unknown duration")
-        start, end, times, per_frame = plan_sampling(start, end, duration, fps, max_frames, max_pixels, total_pixels)
-        h, w = frame_size(stream.height, stream.width, per_frame)
-        container.seek(max(0, int(times[0] / tb)), stream=stream, backward=True)
         frames, stamps, prev = [], [], None
         k = 0
-        for frame in container.decode(stream):
-            t = float(frame.pts * tb) if frame.pts is not None else float(frame.time)
+        for t, frame in _decode_from(container, stream, float(times[0]), clock):
             while k < len(times) and t > times[k] + 1e-6:
                 if prev is not None and (not stamps or stamps[-1] != prev[0]):
                     stamps.append(prev[0])
-                    frames.append(prev[1].to_ndarray(format="rgb24", width=w, height=h))
+                    frames.append(prev[1].to_ndarray(format="rgb24", width=sw, height=sh))
                 k += 1
             if k >= len(times):
                 break
             prev = (t, frame)
         if k < len(times) and prev is not None and (not stamps or stamps[-1] != prev[0]):
             stamps.append(prev[0])  # the window runs to the end of the file
-            frames.append(prev[1].to_ndarray(format="rgb24", width=w, height=h))
+            frames.append(prev[1].to_ndarray(format="rgb24", width=sw, height=sh))
     if not frames:
         raise RuntimeError("no frames decoded in the window")
-    return np.stack(frames), stamps, start, end, duration, "pyav"
+    return upright(np.stack(frames), clock.rotation), stamps, start, end, clock.duration, "pyav"
 
 
 def sample_clip(
@@ -157,7 +251,8 @@ def sample_clip(
     total_pixels: int = DEFAULT_TOTAL_PIXELS,
     video_id: int | None = None,
 ) -> Clip:
-    """Frames of [start, end] at fps (fewer when max_frames or total_pixels say so), times from PTS.
+    """Frames of [start, end] (content seconds) at fps (fewer when max_frames or total_pixels say so), upright,
+    times from PTS on the content clock (`VideoClock`).
 
     Frames are decoded straight at a size whose sides are multiples of 32 with h*w <= max_pixels and
     frames*h*w <= total_pixels, so the processor needs no further resize.

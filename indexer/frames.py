@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.context import UpstreamFailed
-from indexer.media import MediaInfo, fit_size, next_step, scan_frames
+from indexer.media import MediaInfo, next_step, scan_frames, stored_fit, upright
 from storage.errors import SightlineError
 
 SHOT_SIDE = 128  # scene detection works on frames this small; cuts are large changes
@@ -37,8 +37,8 @@ JPEG_QUALITY = 88
 
 @dataclass(frozen=True)
 class Sample:
-    t: float  # seconds from the start of the file (PTS)
-    file: str  # JPEG name inside the cache folder
+    t: float  # content seconds (PTS - the video's start time; indexer.media)
+    file: str  # JPEG name inside the cache folder; the frame upright, as a player shows it
     key: bool  # first sample of a shot
 
 
@@ -47,7 +47,7 @@ class FrameIndex:
     folder: Path
     samples: list[Sample]
     cuts: list[float]  # shot starts after 0.0, seconds
-    last_t: float  # time of the last decoded frame
+    last_t: float  # content time of the last decoded frame
 
     def image(self, sample: Sample) -> np.ndarray:
         """The sample's frame, RGB uint8."""
@@ -149,8 +149,8 @@ def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    small = fit_size(info.width, info.height, SHOT_SIDE)
-    big = fit_size(info.width, info.height, sample_side)
+    small = stored_fit(info, SHOT_SIDE)  # the detector does not mind sideways frames: no turning them
+    big = stored_fit(info, sample_side)  # samples are turned upright after scaling (OCR, thumbnails, embeddings)
     rate = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
     detector = ContentDetector(min_scene_len=SHOT_MIN_LEN)
     # One scaler per size for the whole pass: `frame.to_ndarray(width=...)` sets up a new swscale context for
@@ -169,13 +169,14 @@ def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
                                      interpolation="AREA").to_ndarray()
             tc = FrameTimecode(Timecode(pts=frame.pts, time_base=Fraction(frame.time_base)), fps=rate)
             for cut in detector.process_frame(tc, tiny):
-                cut_t = cut.seconds - info.start_time
+                cut_t = cut.seconds - info.start_time  # the timecode is the frame's own PTS
                 if cut_t > 0.0:
                     cuts.append(cut_t)
                     next_sample = min(next_sample, cut_t + KEY_DELAY)
                     key_pending = True
         if t + 1e-6 >= next_sample:
-            image = to_big.reformat(frame, width=big[0], height=big[1], format="bgr24").to_ndarray()
+            image = upright(to_big.reformat(frame, width=big[0], height=big[1], format="bgr24").to_ndarray(),
+                            info.rotation)
             name = f"{int(round(t * 1000)):010d}.jpg"
             cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             samples.append(Sample(t, name, key_pending))
@@ -188,10 +189,12 @@ def scan(info: MediaInfo, folder: Path, sample_fps: float, sample_side: int,
     if not samples:
         raise SightlineError(f"{Path(info.path).name}: no frame could be decoded; the file is damaged or truncated.",
                              hint="Re-encode it with ffmpeg or remove it.")
-    missing = info.duration - last_t
-    if missing > max(2.0, 0.1 * info.duration):
+    # Both sides in content time: the video stream's own end (a longer audio track does not count)
+    stated = info.video_duration or info.duration
+    missing = stated - last_t
+    if missing > max(2.0, 0.1 * stated):
         raise SightlineError(
-            f"{Path(info.path).name}: the video stops at {last_t:.1f} s of {info.duration:.1f} s; "
+            f"{Path(info.path).name}: the video stops at {last_t:.1f} s of {stated:.1f} s; "
             "the file is truncated or damaged.",
             hint="Copy the file again, or re-encode what is left (ffmpeg -i IN -c copy OUT.mp4).")
     index = FrameIndex(folder, samples, cuts, last_t)

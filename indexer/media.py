@@ -1,9 +1,20 @@
 """Media access: probe, fingerprint, streaming frame decode and audio extraction.
 
 Probe goes through ffprobe (ffmpeg-python) and falls back to PyAV's container metadata where no ffprobe is
-installed. Frames are decoded one at a time (decord, PyAV as fallback) and never held as a whole video; times
-are the stream's own PTS in seconds from the start of the file (the container's start time subtracted).
+installed. Frames are decoded one at a time (decord, PyAV as fallback) and never held as a whole video.
 Audio comes out as 16 kHz mono float32 in chunks, so an hour of sound is never one array unless asked for.
+
+One clock for every reader (DESIGN, "Times"): content time `t = pts_seconds - info.start_time`, where
+`start_time` is the PTS of the video stream's first frame (after the container's edit list): 0 is the first frame
+a player shows. Frames with t < 0 (an edit list's lead-in, leading frames of an open GOP) are not content and are
+dropped; audio before 0 is cut off. The engine (engine/video_inputs.py) keeps its own copy of this rule, as
+DESIGN keeps the engine from importing the indexer; tests/test_media_clock.py proves the two agree.
+
+Frames come out upright, as a player shows them: `info.rotation` (the display matrix, as degrees clockwise) is
+applied to every decoded frame, and `info.width`/`info.height` are the displayed size, not the stored one.
+decord already does both (it subtracts the video stream's start time and applies the rotation itself, checked on
+decord 0.6.0), but it mis-seeks MPEG-TS and decodes an MP4 edit list's lead-in as frames, so those files are
+read with PyAV (`decord_reads`).
 """
 
 from __future__ import annotations
@@ -33,23 +44,29 @@ class MediaInfo:
     """What probing a file tells: enough to plan decoding and to show the user."""
 
     path: str
-    duration: float  # seconds
+    duration: float  # content seconds: from the first frame shown to the end of the longer of video and audio
     fps: float
-    width: int
+    width: int  # displayed size (rotation applied): what every frame this module hands out measures
     height: int
     video_codec: str
     has_audio: bool
-    start_time: float  # container start PTS in seconds; subtracted from every frame and audio time
-    audio_start: float  # first audio sample's time from the start of the file (0.0 when the audio starts with it)
+    start_time: float  # PTS (s) of the video's first frame: content time = PTS - start_time, for every reader
+    audio_start: float  # content time of the first audio sample (< 0 when the audio starts before the picture)
     size: int  # bytes
     container: str = ""  # ffprobe's format_name ("mov,mp4,m4a,3gp,3g2,mj2", "mpegts", "matroska,webm", "avi", ...)
     audio_codec: str = ""  # "" when there is no audio track
     rotation: int = 0  # degrees clockwise a player turns the decoded pixels (display matrix): 0, 90, 180 or 270
+    video_duration: float = 0.0  # content time where the video stream ends (<= duration); 0.0: unknown
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the pixels as the file stores them, before the display rotation."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
 
 @dataclass
 class Frame:
-    """One decoded frame: `t` seconds from the start of the file (from PTS), `image` RGB uint8 (H, W, 3)."""
+    """One decoded frame: `t` content seconds (from PTS), `image` RGB uint8 (H, W, 3), upright."""
 
     t: float
     image: np.ndarray
@@ -142,6 +159,12 @@ def _probe_pyav(path: Path) -> dict:
                     entry.update(width=s.codec_context.width, height=s.codec_context.height,
                                  avg_frame_rate=str(s.average_rate or 0), r_frame_rate=str(s.base_rate or 0))
                 streams.append(entry)
+            video = c.streams.video[0] if c.streams.video else None
+            if video is not None:
+                # PyAV shows the display matrix on decoded frames only (counter-clockwise, like ffprobe's field)
+                first = next(c.decode(video), None)
+                turn = getattr(first, "rotation", 0) or 0
+                streams[video.index]["side_data_list"] = [{"side_data_type": "Display Matrix", "rotation": turn}]
             fmt = {"format_name": c.format.name, "duration": c.duration / 1e6 if c.duration else None,
                    "start_time": c.start_time / 1e6 if c.start_time is not None else None}
             return {"streams": streams, "format": fmt}
@@ -167,16 +190,84 @@ def probe(path: str | Path) -> MediaInfo:
     if not codec or not _decoder_available(codec):
         raise SightlineError(f"{path.name}: the video codec {codec or '(unknown)'!r} is not supported here.",
                              hint=_HINT_REENCODE)
-    start = _float(fmt.get("start_time"), _float(video.get("start_time")))
-    duration = _float(fmt.get("duration")) or _float(video.get("duration"))
+    # Content time 0 is the video's first frame (the stream's start after the edit list), not the container's
+    # start: that is the earliest of all streams (often AAC priming a few ms before the picture).
+    start = _start(video, _float(fmt.get("start_time")))
+    video_end, audio_end = _stream_ends(path, video, audio, fmt)
+    video_duration = max(0.0, video_end - start)
+    duration = max(video_duration, audio_end - start)
     if duration <= 0:
         raise SightlineError(f"{path.name}: the file reports no duration; it is probably truncated.",
                              hint=_HINT_REENCODE)
     fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
-    audio_start = max(0.0, _float(audio.get("start_time"), start) - start) if audio else 0.0
-    return MediaInfo(str(path), duration, fps, int(video.get("width") or 0), int(video.get("height") or 0), codec,
-                     audio is not None, start, audio_start, size, container=str(fmt.get("format_name") or ""),
-                     audio_codec=str((audio or {}).get("codec_name") or ""))
+    audio_start = _start(audio, start) - start if audio else 0.0
+    rotation = stream_rotation(video)
+    w, h = int(video.get("width") or 0), int(video.get("height") or 0)
+    if rotation in (90, 270):
+        w, h = h, w
+    return MediaInfo(str(path), duration, fps, w, h, codec, audio is not None, start, audio_start, size,
+                     container=str(fmt.get("format_name") or ""), audio_codec=str((audio or {}).get("codec_name") or ""),
+                     rotation=rotation, video_duration=video_duration)
+
+
+def _start(stream: dict, default: float) -> float:
+    """The stream's first PTS in seconds, exact (ffprobe prints start_time rounded to 6 decimals)."""
+    try:
+        return float(int(stream["start_pts"]) * Fraction(stream["time_base"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return _float(stream.get("start_time"), default)
+
+
+def stream_rotation(stream: dict) -> int:
+    """Degrees clockwise a player turns the stream's pixels: 0, 90, 180 or 270.
+
+    The display matrix's angle (ffprobe's side data `rotation`, PyAV's `frame.rotation`) counts counter-clockwise,
+    so a phone's portrait clip says -90 and is shown turned 90 degrees clockwise. ffprobe before 5.0 gave the
+    clockwise angle as a `rotate` tag instead.
+    """
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            return int(round(-_float(side["rotation"]) / 90.0)) * 90 % 360
+    tag = (stream.get("tags") or {}).get("rotate")
+    return int(round(_float(tag) / 90.0)) * 90 % 360 if tag else 0
+
+
+def _stream_ends(path: Path, video: dict, audio: dict | None, fmt: dict) -> tuple[float, float]:
+    """(video end, audio end) as PTS seconds. A stream's start + duration where the container states a duration
+    per stream (MP4, MPEG-TS, AVI). Matroska/WebM state none, and their file duration counts from PTS 0, not from
+    the start, so the last packets are read instead (a seek to the end; nothing decoded)."""
+    ends = {}
+    for kind, stream in (("video", video), ("audio", audio)):
+        if stream is not None and stream.get("duration") not in (None, "N/A") and _float(stream.get("duration")) > 0:
+            ends[kind] = _start(stream, 0.0) + _float(stream.get("duration"))
+    if "video" not in ends:
+        ends = {**_last_packet_ends(path, fmt), **ends}
+    if "video" not in ends:  # nothing readable at the end: the file's own figure, counted from its start
+        ends["video"] = _float(fmt.get("start_time")) + _float(fmt.get("duration"))
+    return ends["video"], ends.get("audio", 0.0) if audio is not None else 0.0
+
+
+def _last_packet_ends(path: Path, fmt: dict) -> dict[str, float]:
+    """{"video": end, "audio": end}: the largest pts + duration among the packets after a seek to the end."""
+    import av
+
+    ends: dict[str, float] = {}
+    try:
+        with av.open(str(path)) as c:
+            streams = [s for s in c.streams if s.type in ("video", "audio")]
+            # past any end the file can have: its start plus its duration, whichever way the demuxer counts it
+            target = int((_float(fmt.get("start_time")) + _float(fmt.get("duration")) + 1.0) * 1e6)
+            c.seek(target, backward=True, any_frame=False)
+            for packet in c.demux(streams):
+                if packet.pts is None:
+                    continue
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                kind = packet.stream.type
+                if kind not in ends or end > ends[kind]:
+                    ends[kind] = end
+    except (av.FFmpegError, OSError, ValueError):
+        return {}
+    return ends
 
 
 # --- fingerprint ------------------------------------------------------------------------------------------------
@@ -221,13 +312,41 @@ def _decode_error(path: str, err: Exception) -> SightlineError:
                           hint=_HINT_REENCODE)
 
 
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """The stored pixels (H, W, C) turned `rotation` degrees clockwise, as a player shows them; contiguous."""
+    if not rotation:
+        return image
+    return np.ascontiguousarray(np.rot90(image, k=-(rotation // 90)))  # rot90 turns counter-clockwise for k > 0
+
+
+def stored_fit(info: MediaInfo, max_side: int | None) -> tuple[int, int]:
+    """(w, h) to scale the stored pixels to, so that once turned upright they measure fit_size(display size)."""
+    w, h = fit_size(info.width, info.height, max_side)
+    return (h, w) if info.rotation in (90, 270) else (w, h)
+
+
+# decord 0.6.0 reads MPEG-TS wrongly (after a seek its frames lag their times by about the start offset: the
+# text card of tests/media_variants.py's mpegts variant is black at 5 s) and hands out an MP4 edit list's
+# lead-in as frames with negative times. Those files go to PyAV.
+DECORD_CONTAINERS = ("mov", "matroska", "avi")
+
+
+def decord_reads(info: MediaInfo) -> bool:
+    """Whether decord reads this container correctly (see DECORD_CONTAINERS)."""
+    return info.container.split(",")[0] in DECORD_CONTAINERS
+
+
 def _frames_decord(info: MediaInfo, fps: float, max_side: int | None, batch: int = 8) -> Iterator[Frame]:
     import decord
 
+    # decord turns frames upright itself and takes the displayed size
     w, h = fit_size(info.width, info.height, max_side)
     vr = decord.VideoReader(info.path, ctx=decord.cpu(0), width=w, height=h)
     n = len(vr)
-    times = vr.get_frame_timestamp(np.arange(n))[:, 0] - info.start_time  # PTS of each frame, in seconds
+    # decord's times are already content times: it subtracts the video stream's start time itself
+    times = vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+    if n and times[0] < -1e-6:
+        raise RuntimeError("an edit list's lead-in is listed as frames (negative times); PyAV reads this file")
     picks, next_t = [], 0.0
     for i, t in enumerate(times):
         if t + 1e-6 >= next_t:
@@ -256,30 +375,27 @@ def _open_video(c, fps: float | None):
 
 
 def _frames_pyav(info: MediaInfo, fps: float | None, max_side: int | None) -> Iterator[Frame]:
-    import av
     from av.video.reformatter import VideoReformatter
 
-    w, h = fit_size(info.width, info.height, max_side)
+    w, h = stored_fit(info, max_side)
     scaler = VideoReformatter()  # one swscale context for the whole file, not one per frame
-    with av.open(info.path) as c:
-        stream = _open_video(c, fps)
-        next_t = 0.0
-        for frame in c.decode(stream):
-            if frame.time is None:
-                continue
-            t = frame.time - info.start_time
-            if fps and t + 1e-6 < next_t:
-                continue
-            next_t = next_step(t, fps) if fps else 0.0
-            yield Frame(t, scaler.reformat(frame, width=w, height=h, format="rgb24").to_ndarray())
+    next_t = 0.0
+    for t, frame in scan_frames(info, skip_nonref=fps is not None and fps <= SKIP_NONREF_BELOW_FPS):
+        if fps and t + 1e-6 < next_t:
+            continue
+        next_t = next_step(t, fps) if fps else 0.0
+        image = scaler.reformat(frame, width=w, height=h, format="rgb24").to_ndarray()
+        yield Frame(t, upright(image, info.rotation))
 
 
 def iter_frames(info: MediaInfo, fps: float, max_side: int | None = None, backend: str = "auto") -> Iterator[Frame]:
-    """Frames sampled at `fps` (the first frame at or after each 1/fps step), downscaled to max_side, streamed.
+    """Frames sampled at `fps` (the first frame at or after each 1/fps step), downscaled to max_side, upright,
+    streamed; times are content times.
 
-    decord is tried first, PyAV is the fallback (and the only backend when decord cannot open the file).
+    decord is tried first where it reads the container correctly (`decord_reads`); PyAV is the fallback (and the
+    only backend when decord cannot open the file). backend="decord" forces decord.
     """
-    if backend in ("auto", "decord"):
+    if backend == "decord" or (backend == "auto" and decord_reads(info)):
         try:
             import decord  # noqa: F401
 
@@ -306,8 +422,9 @@ def iter_frames(info: MediaInfo, fps: float, max_side: int | None = None, backen
 
 
 def scan_frames(info: MediaInfo, skip_nonref: bool = True) -> Iterator[tuple[float, object]]:
-    """Every (reference) frame once, in order: (t, av.VideoFrame). Callers convert only what they need (shots
-    want a tiny copy of many frames, OCR and thumbnails a larger copy of a few), so the file is decoded once."""
+    """Every (reference) frame of the content once, in order: (content t, av.VideoFrame as stored, not yet turned
+    upright: see `upright`). Callers convert only what they need (shots want a tiny copy of many frames, OCR and
+    thumbnails a larger copy of a few), so the file is decoded once."""
     import av
 
     try:
@@ -316,7 +433,10 @@ def scan_frames(info: MediaInfo, skip_nonref: bool = True) -> Iterator[tuple[flo
             for frame in c.decode(stream):
                 if frame.time is None:
                     continue
-                yield frame.time - info.start_time, frame
+                t = frame.time - info.start_time
+                if t < -1e-6:
+                    continue  # before the first frame a player shows (an edit list's lead-in): not content
+                yield max(0.0, t), frame
     except av.FFmpegError as err:
         raise _decode_error(info.path, err) from err
 
@@ -325,7 +445,8 @@ def scan_frames(info: MediaInfo, skip_nonref: bool = True) -> Iterator[tuple[flo
 
 
 def iter_audio(info: MediaInfo, chunk_s: float = 120.0) -> Iterator[tuple[float, np.ndarray]]:
-    """16 kHz mono float32 audio as (offset seconds from the start of the file, samples) chunks.
+    """16 kHz mono float32 audio as (offset in content seconds, samples) chunks; sound before content time 0
+    (audio that starts before the first frame, as AAC priming in MPEG-TS does) is cut off.
 
     Chunks are about chunk_s long (memory stays flat in the file's length) and end at the quietest 20 ms of
     their last 5 seconds, so a cut rarely falls inside a word.
@@ -337,8 +458,11 @@ def iter_audio(info: MediaInfo, chunk_s: float = 120.0) -> Iterator[tuple[float,
     gen = _audio_ffmpeg(info, ffmpeg_exe) if ffmpeg_exe else _audio_pyav(info)
     buf: list[np.ndarray] = []
     have = 0
-    offset = info.audio_start
+    offset = max(0.0, info.audio_start)
+    skip = int(round(max(0.0, -info.audio_start) * SAMPLE_RATE))  # samples before content time 0
     for block in gen:
+        if skip:
+            block, skip = block[skip:], max(0, skip - len(block))
         buf.append(block)
         have += len(block)
         while have >= chunk:
@@ -363,7 +487,7 @@ def _quiet_cut(audio: np.ndarray, chunk: int, search_s: float = 5.0, window: int
 
 
 def load_audio(info: MediaInfo) -> tuple[float, np.ndarray]:
-    """The whole audio track at once (short files, tests): (offset, samples)."""
+    """The whole audio track at once (short files, tests): (offset in content seconds, samples)."""
     parts = list(iter_audio(info, chunk_s=1e9))
     if not parts:
         return 0.0, np.zeros(0, np.float32)

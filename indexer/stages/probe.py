@@ -1,4 +1,4 @@
-"""Probe: duration, frame rate, size, audio track; a file that cannot be indexed fails here with the reason."""
+"""Probe: duration, frame rate, size, rotation, audio track; a file that cannot be indexed fails here with the reason."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ NEEDS = ()  # stages whose results this one reads; the runner starts it after th
 
 
 def signature(ctx: IndexContext) -> str:
-    return "v1"
+    # v2: content duration and the video's first frame as start_time (indexer.media), rotation recorded
+    return "v2"
 
 
 def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     info = video.media()
+    # width/height are the displayed (upright) size; rotation says how the stored pixels are turned for display
     facts = {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height,
-             "has_audio": info.has_audio, "start_time": info.start_time, "size": info.size}
+             "has_audio": info.has_audio, "start_time": info.start_time, "rotation": info.rotation,
+             "size": info.size}
     return StageOutput(media_s=info.duration, video=facts)
