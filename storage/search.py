@@ -289,8 +289,9 @@ def _stem(word: str) -> str:
     word = "".join(re.findall(r"\w+", word.lower()))
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) >= 4 else word  # "decide" and "decided" alike
 
 
 _STOP_WORDS = frozenset(_stem(w) for w in _STOP_WORDS_TEXT.split())
@@ -304,12 +305,12 @@ def _tokens(text: str) -> list[str]:
 def cited_span(words: Sequence[Sequence], query: str) -> tuple[float, float, str] | None:
     """(start, end, cited text) of the query's words inside a phrase's words [[start, end, word], ...].
 
-    The cited place is the longest run of consecutive phrase words that are query words (earliest on a tie):
-    for "fail better" in "Fail again, fail better." that is the second "fail", not the first. Start is that
-    run's first word (with LEAD_IN_S), end the phrase's end. None when no query word is in the phrase."""
-    wanted = set(_tokens(query)) - {""}
-    if wanted - _STOP_WORDS:
-        wanted -= _STOP_WORDS  # "the" and "is" say nothing about where the cited words are
+    The cited place is the longest run of consecutive phrase words that are query words (earliest on a tie;
+    stop words count only inside a run, or just before it when the query has them too): for "fail better" in
+    "Fail again, fail better." that is the second "fail", not the first. Start is that run's first word (with
+    LEAD_IN_S), end the phrase's end. None when no query word is in the phrase."""
+    asked = set(_tokens(query)) - {""}
+    wanted = asked - _STOP_WORDS if asked - _STOP_WORDS else asked  # "the" says nothing about where to look
     if not words or not wanted:
         return None
     stems = ["".join(_tokens(str(w[2]))) for w in words]
@@ -323,6 +324,8 @@ def cited_span(words: Sequence[Sequence], query: str) -> tuple[float, float, str
             run_len = 0
     if best_at is None:
         return None
+    while best_at > 0 and stems[best_at - 1] in asked:  # "*I* sleep with a dagger": the query's own first words
+        best_at -= 1
     first = float(words[best_at][0])
     floor = float(words[best_at - 1][1]) if best_at > 0 else first - LEAD_IN_S
     start = max(0.0, min(first, max(first - LEAD_IN_S, floor)))

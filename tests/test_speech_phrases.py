@@ -102,8 +102,10 @@ def test_cited_span_stems_and_ignores_stop_words():
 def test_cited_span_keeps_apostrophes_in_words():
     ws = words("If you're good at something, never do it for free.", gap=0.5)
     start, _, cited = cited_span(_rows(ws), "if you're good at something")
-    assert cited == "you're good at something,"
-    assert start == pytest.approx(ws[1].start - LEAD_IN_S)
+    assert cited == "If you're good at something,"  # "if" is a stop word, but the query starts with it
+    assert start == pytest.approx(ws[0].start)  # no lead-in before 0
+    _, _, cited = cited_span(_rows(ws), "something never")
+    assert cited == "something, never"
 
 
 # --- end to end on a spoken reading --------------------------------------------------------------------------
