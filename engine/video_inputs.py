@@ -140,6 +140,8 @@ def _video_clock(path: str, mtime_ns: int, size: int) -> VideoClock:
             end = start + float(stream.duration * tb)
         else:  # Matroska/WebM state no stream duration: the end of the last packet
             end = _last_video_packet_end(c, stream)
+        if end <= start and c.duration:  # no timed packets (raw streams): the file's own length
+            end = start + c.duration / 1e6
         w, h = stream.codec_context.width, stream.codec_context.height
         container = c.format.name.split(",")[0]
     if rotation in (90, 270):
