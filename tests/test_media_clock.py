@@ -103,12 +103,19 @@ def scanned(made, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_indexer_and_engine_read_one_clock(made, kind):
+def test_indexer_and_engine_read_one_clock(made, kind, monkeypatch):
+    import indexer.media as media
     from engine.video_inputs import video_clock
     from indexer.media import probe
 
     v = variant(made, kind)
     info, clock = probe(v.path), video_clock(v.path)
+    which = shutil.which
+    monkeypatch.setattr(media.shutil, "which", lambda name: None if name == "ffprobe" else which(name))
+    by_pyav = probe(v.path)  # where no ffprobe is installed
+    monkeypatch.undo()
+    for fact in ("start_time", "duration", "video_duration", "audio_start", "rotation", "width", "height"):
+        assert getattr(by_pyav, fact) == pytest.approx(getattr(info, fact), abs=1e-3), fact
     plain = probe(made[0])
     assert info.start_time == pytest.approx(ffprobe_pts(v.path)[0], abs=1e-5), "start_time: the first frame shown"
     assert clock.start == pytest.approx(info.start_time, abs=1e-6)
