@@ -215,9 +215,10 @@ class IndexWorker:
 
 
 class ServedFiles:
-    """Keeps Gradio's allowed paths equal to the library's thumbnails plus the library's own video files.
+    """Keeps Gradio's allowed paths equal to the library's thumbnails plus the library's own video files and
+    their browser proxies (cache/proxies, one file each).
 
-    The database, vectors and caches in the library folder are never served.
+    The database, vectors and other caches in the library folder are never served.
     """
 
     def __init__(self, library):
@@ -228,10 +229,14 @@ class ServedFiles:
     def paths(self) -> list[str]:
         return [str(self.library.folder / "thumbnails")] + sorted(self._videos)
 
+    @staticmethod
+    def wanted(rows: list[lv.VideoRow]) -> set[str]:
+        return {r.path for r in rows} | {str(r.proxy) for r in rows if r.proxy is not None}
+
     def sync(self) -> None:
         from gradio.data_classes import _StaticFiles
 
-        now = {r.path for r in lv.videos(self.library)}
+        now = self.wanted(lv.videos(self.library))
         gone, new = self._videos - now, now - self._videos
         # Static paths are served in place (no copy of a long video into Gradio's cache).
         _StaticFiles.all_paths[:] = [p for p in _StaticFiles.all_paths if str(p) not in gone]
@@ -239,6 +244,18 @@ class ServedFiles:
         self._videos = now
         if self.demo is not None:
             self.demo.allowed_paths = self.paths()
+
+
+def _check_plays_as_is(row: lv.VideoRow) -> None:
+    """Refuse to hand gr.Video a file it would convert: it writes <name>.mp4 beside the file (over it, for an
+    HEVC .mp4) on every load. Files the proxy stage has decided on are safe: they got a proxy or need none."""
+    if any(stage == "proxy" and status in ("done", "skipped") for stage, status in row.stages):
+        return
+    from gradio.processing_utils import video_is_playable
+
+    if not video_is_playable(row.path):
+        raise SightlineError(f"{row.name} cannot play in the browser until its browser copy is made.",
+                             hint="Indexing makes one (the proxy stage); wait for it, or re-index the video.")
 
 
 # --- library tab ---------------------------------------------------------------------------------------------------
@@ -463,7 +480,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
                             worker.last_message])
         if sig == last_sig:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_sig
-        if {r.path for r in rows} != served._videos:
+        if served.wanted(rows) != served._videos:
             served.sync()
         choices = _video_choices(rows)
         return (progress_html(p, rows, worker), library_html(rows), gr.update(choices=choices),
@@ -550,11 +567,14 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             ref, start = req.get("video"), float(req.get("start") or 0)
         except (ValueError, TypeError, AttributeError):
             raise SightlineError("The seek request was not understood.") from None
-        path = lv.video_path(library, ref if ref is not None else "")
+        play = lv.player_path(library, ref if ref is not None else "")  # the proxy, when the file has one
         served.sync()
-        row = next((r for r in lv.videos(library) if r.path == str(path)), None)
+        row = next((r for r in lv.videos(library) if str(r.id) == str(ref).strip()), None)  # ref: an id (checked)
+        if row is not None and play == Path(row.path):
+            _check_plays_as_is(row)
+        path = Path(row.path) if row else play
         listing = now_playing_html(path, lv.moments_of(library, row.id) if row else [], row.duration if row else None)
-        return gr.update(value=str(path), playback_position=max(0.0, start)), listing, (row.id if row else None)
+        return gr.update(value=str(play), playback_position=max(0.0, start)), listing, (row.id if row else None)
 
     @user_errors
     def run_search(query, modalities, scope, playing=None):

@@ -27,6 +27,7 @@ class VideoRow:
     error: str | None
     notes: str | None
     stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, status) in the order they finished
+    proxy: Path | None = None  # the browser-playable copy the player loads instead of the file, when there is one
 
     @property
     def name(self) -> str:
@@ -69,7 +70,7 @@ def videos(library) -> list[VideoRow]:
         for run in s.scalars(select(StageRun).order_by(StageRun.finished_at)).all():
             stages.setdefault(run.video_id, []).append((run.stage, run.status))
         return [VideoRow(v.id, v.path, v.status, v.duration, int(counts.get(v.id, 0)), v.error, v.notes,
-                         stages.get(v.id, []))
+                         stages.get(v.id, []), library.path_of(v.proxy) if v.proxy else None)
                 for v in s.scalars(select(Video).order_by(Video.id)).all()]
 
 
@@ -110,9 +111,40 @@ def video_path(library, ref: str | int) -> Path:
     return path
 
 
+def player_path(library, ref: str | int) -> Path:
+    """The file the player loads for a library video: its browser proxy when one is made, else the file itself
+    (checked as `video_path` does). A proxy plays even while the original is off line (an unplugged drive)."""
+    text = str(ref if ref is not None else "").strip()
+    if text.isdigit() and len(text) < 12:
+        with library.read() as s:
+            video = s.get(Video, int(text))
+            proxy = library.path_of(video.proxy) if video is not None and video.proxy else None
+        if proxy is not None and proxy.is_file():
+            return proxy
+    return video_path(library, ref)
+
+
+PROXY_DIR = Path("cache") / "proxies"  # browser proxies, relative to the library folder (indexer/stages/proxy.py)
+
+
+def remove_proxies(folder: Path, video_id: int, keep: str | None = None) -> list[Path]:
+    """Delete a video's proxy files, half-written ones included, except `keep` (relative); return what went."""
+    where = Path(folder) / PROXY_DIR
+    if not where.is_dir():
+        return []
+    gone = []
+    for f in [*where.glob(f"{int(video_id):06d}-*"), *where.glob(f".{int(video_id):06d}-*")]:
+        if keep is None or f != Path(folder) / keep:
+            f.unlink(missing_ok=True)
+            gone.append(f)
+    return gone
+
+
 def wipe_video_rows(session, video_id: int) -> dict[str, list[int]]:
     """Delete a video's moments, embeddings and stage marks in `session`; return {space: moment ids} whose
-    vectors must leave FAISS once the transaction has committed (SQLite is the truth, FAISS follows)."""
+    vectors must leave FAISS once the transaction has committed (SQLite is the truth, FAISS follows).
+    The proxy is forgotten too (it shows the old content); its file goes when the proxy stage runs again, or
+    with `remove`."""
     removed: dict[str, list[int]] = {}
     for space, mid in session.execute(select(Embedding.space, Embedding.moment_id)
                                       .join(Moment, Moment.id == Embedding.moment_id)
@@ -122,6 +154,9 @@ def wipe_video_rows(session, video_id: int) -> dict[str, list[int]]:
     session.execute(delete(Embedding).where(Embedding.moment_id.in_(of_video)))
     session.execute(delete(Moment).where(Moment.video_id == video_id))
     session.execute(delete(StageRun).where(StageRun.video_id == video_id))
+    video = session.get(Video, video_id)
+    if video is not None:
+        video.proxy = None
     return removed
 
 
@@ -132,7 +167,7 @@ def remove_vectors(library, removed: dict[str, list[int]]) -> None:
 
 
 def remove(library, video_id: int) -> str:
-    """Delete a video's rows, vectors and thumbnails (the video file itself is left alone); return its path."""
+    """Delete a video's rows, vectors, thumbnails and proxy (the video file itself is left alone); return its path."""
 
     def _delete(session):
         video = session.get(Video, int(video_id))
@@ -146,6 +181,7 @@ def remove(library, video_id: int) -> str:
     path, removed = library.write(_delete)
     remove_vectors(library, removed)
     shutil.rmtree(library.folder / "thumbnails" / f"{int(video_id):06d}", ignore_errors=True)
+    remove_proxies(library.folder, int(video_id))
     return path
 
 
