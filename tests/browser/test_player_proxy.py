@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import SCREENSHOTS, running_app, video_state, wait_for_index, yellow_fraction
+from tests.browser.conftest import SCREENSHOTS, running_app, wait_for_index, yellow_fraction
 from tests.media_variants import make_source, make_variant
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-NOTES = Path("/work/notes")  # where a person looks at the player screenshot (also kept in artifacts/)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +68,4 @@ def test_a_search_result_of_a_file_the_browser_cannot_play_plays_its_proxy(proxy
     if suffix == ".ts":
         page.wait_for_timeout(300)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.locator("#player").screenshot(path=str(SCREENSHOTS / "player-ts.png"))
-        if NOTES.is_dir():
-            page.locator("#player").screenshot(path=str(NOTES / "player-ts.png"))
+        page.locator("#player").screenshot(path=str(SCREENSHOTS / "player-ts.png"))  # for a person to look at
