@@ -171,6 +171,9 @@ def test_a_transcode_is_upright(variants, tmp_path):
     a = _frames(variants["source"], probe(variants["source"]).start_time)
     b = _frames(out, made.start_time)
     assert np.abs(a[90][1] - b[90][1]).mean() < 4
+    copy = tmp_path / "copy.mp4"  # a stream copy keeps the display matrix instead: the browser turns it
+    make_proxy(info, Plan("remux", "test"), copy)
+    assert stream_rotation(copy) == 90
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,20 +175,23 @@ def make_proxy(info: MediaInfo, p: Plan, target: Path, on_time=None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.stem}.part.mp4")
     cmd = ffmpeg_command(info, p, part)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:
-            key, _, value = line.strip().partition("=")
-            if key == "out_time_us" and on_time is not None and value.lstrip("-").isdigit():
-                on_time(max(0.0, int(value) / 1e6))
-        err = proc.stderr.read().strip()
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+    # stderr to a file, not a pipe: a damaged file can make ffmpeg write more than a pipe holds while this
+    # loop reads stdout, and both would wait for each other
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            for line in proc.stdout:
+                key, _, value = line.strip().partition("=")
+                if key == "out_time_us" and on_time is not None and value.lstrip("-").isdigit():
+                    on_time(max(0.0, int(value) / 1e6))
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        log.seek(0)
+        err = log.read().strip()
     if code != 0 or not part.is_file() or part.stat().st_size == 0:
         part.unlink(missing_ok=True)
         lines = err.splitlines()
