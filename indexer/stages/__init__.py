@@ -13,7 +13,7 @@ change a model and the stage runs again.
 from indexer.stages import captions, probe, proxy, screen_text, shots, speech, visual
 
 # Order is priority when two stages are ready at once: the long ones first. The browser proxy (an ffmpeg remux or
-# transcode, niced, one thread) comes last so that it never takes a worker the decode pass could use.
+# transcode, niced) comes last so that it never takes a worker the decode pass could use.
 DEFAULT_STAGES = (probe, shots, speech, screen_text, visual, captions, proxy)
 # Stages of one video in parallel: the decode pass, speech and on-screen text together. Their heavy work (libav,
 # CTranslate2, ONNX Runtime) runs outside the GIL, so three threads keep the two cores we target busy.

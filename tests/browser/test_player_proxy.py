@@ -69,3 +69,23 @@ def test_a_search_result_of_a_file_the_browser_cannot_play_plays_its_proxy(proxy
         page.wait_for_timeout(300)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.locator("#player").screenshot(path=str(SCREENSHOTS / "player-ts.png"))  # for a person to look at
+
+
+def test_the_proxies_are_served_and_nothing_else_of_the_cache(proxy_app):
+    import httpx
+    from urllib.parse import quote
+
+    url, services, _clips = proxy_app
+    from storage import catalog
+
+    proxies = [r.proxy for r in catalog.videos(services.library) if r.proxy is not None]
+    assert len(proxies) == 2
+    for p in proxies:
+        r = httpx.get(f"{url}gradio_api/file={quote(str(p))}", headers={"Range": "bytes=0-99"})
+        assert r.status_code in (200, 206) and len(r.content) == 100, r.status_code
+    stray = proxies[0].parent / "000999-0000000000.mp4"  # in the proxies folder, but no video's proxy
+    stray.write_bytes(proxies[0].read_bytes())
+    for path in (stray, services.library.folder / "library.db"):
+        r = httpx.get(f"{url}gradio_api/file={quote(str(path))}")
+        assert r.status_code in (403, 404), f"{path} was served: {r.status_code}"
+    stray.unlink()
