@@ -78,6 +78,7 @@ class VideoJob:
     feed: object = None  # indexer.frames.SampleFeed while this run's decode pass writes samples
     on_time: Callable[[float], None] | None = None  # frame decode position (progress within a stage)
     on_audio: Callable[[float], None] | None = None  # audio transcribed up to (progress within a stage)
+    on_proxy: Callable[[float], None] | None = None  # browser proxy written up to (progress within a stage)
 
     def media(self) -> MediaInfo:
         """Probe the file once (raises SightlineError when it cannot be indexed)."""

@@ -41,7 +41,8 @@ log = logging.getLogger("sightline.indexer")
 
 # Share of a video's indexing time per stage, used for the ETA until the library has its own figures.
 DEFAULT_WEIGHTS = {"probe": 0.01, "shots": 0.35, "visual": 0.05, "screen_text": 0.25, "speech": 0.3,
-                   "captions": 0.04}
+                   "captions": 0.04, "proxy": 0.1}
+PROGRESS_EVERY_S = 1.0  # progress inside a stage (decode position, audio transcribed, proxy written) at most this often
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ProgressEvent:
     files_total: int
     path: str
     stage: str
-    state: str  # started | done | skipped | failed | unchanged | finished
+    state: str  # started | progress | done | skipped | failed | unchanged | finished
     media_done: float  # seconds of media indexed so far in this run (whole files plus finished stages)
     media_total: float
     elapsed_s: float
@@ -281,6 +282,9 @@ class _Progress:
         self.started = time.time()
         self.media_done = 0.0
         self.partial = 0.0  # fraction of the current file done, in media seconds
+        self.running: dict[str, float] = {}  # stages under way: their share of the file done so far (media s)
+        self.shown = 0.0  # the largest share of the current file reported so far
+        self.last_within = 0.0
         self.lock = threading.Lock()
         self.weights = _stage_weights(library)
         self.history_rate = _history_rate(library)  # wall seconds per media second, from earlier runs
@@ -292,7 +296,7 @@ class _Progress:
                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} media s [{elapsed}<{remaining}]")
 
     def eta(self) -> float | None:
-        done = self.media_done + self.partial
+        done = self.media_done + self._file_part()
         elapsed = time.time() - self.started
         remaining = max(0.0, self.media_total - done)
         if done > 0 and elapsed > 0:
@@ -304,25 +308,44 @@ class _Progress:
     def emit(self, index: int, path: str, stage: str, state: str, message: str = "") -> None:
         with self.lock:
             event = ProgressEvent(self.job_id, index, self.files_total, path, stage, state,
-                                  self.media_done + self.partial, self.media_total, time.time() - self.started,
+                                  self.media_done + self._file_part(), self.media_total, time.time() - self.started,
                                   self.eta(), message)
             if self.bar is not None:
                 self.bar.n = round(min(event.media_done, self.media_total), 1)
                 self.bar.set_postfix_str(f"{Path(path).name}: {stage} {state}"[:60], refresh=True)
-        if self.on_progress is not None:
-            try:
-                self.on_progress(event)
-            except Exception:  # noqa: BLE001 - a broken progress consumer must not stop indexing
-                log.exception("progress callback failed")
+            if self.on_progress is not None:  # under the lock: stage threads' events arrive in order
+                try:
+                    self.on_progress(event)
+                except Exception:  # noqa: BLE001 - a broken progress consumer must not stop indexing
+                    log.exception("progress callback failed")
+
+    def _file_part(self) -> float:
+        # Never backwards: stages overlap, and one ending can take back less than the others' running shares.
+        self.shown = max(self.shown, self.partial + sum(self.running.values()))
+        return self.shown
+
+    def within(self, index: int, path: str, stage: str, t: float, duration: float) -> None:
+        """A running stage has reached media time t (of duration): move the bar, at most every PROGRESS_EVERY_S."""
+        if duration <= 0:
+            return
+        with self.lock:
+            self.running[stage] = min(1.0, max(0.0, t / duration)) * duration * self.weights.get(stage, 0.05)
+            now = time.time()
+            if now - self.last_within < PROGRESS_EVERY_S:
+                return
+            self.last_within = now
+        self.emit(index, path, stage, "progress")
 
     def stage_done(self, stage: str, duration: float) -> None:
         with self.lock:
+            self.running.pop(stage, None)
             self.partial = min(duration, self.partial + duration * self.weights.get(stage, 0.05))
 
     def file_done(self, duration: float) -> None:
         with self.lock:
             self.media_done += duration
-            self.partial = 0.0
+            self.partial = self.shown = 0.0
+            self.running.clear()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -336,7 +359,8 @@ def _stage_weights(library) -> dict[str, float]:
         rows = s.execute(select(StageRun.stage, func.sum(StageRun.wall_s)).group_by(StageRun.stage)).all()
     total = sum(w or 0 for _, w in rows)
     if total <= 0:
-        return dict(DEFAULT_WEIGHTS)
+        norm = sum(DEFAULT_WEIGHTS.values())
+        return {stage: w / norm for stage, w in DEFAULT_WEIGHTS.items()}
     return {stage: (w or 0) / total for stage, w in rows}
 
 
@@ -449,6 +473,10 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
     except SightlineError as err:
         _set_status(library, video.id, FAILED, err.user_text())
         return err.user_text()
+    duration = video.info.duration
+    video.on_time = lambda t: progress.within(i, video.path, "shots", t, duration)
+    video.on_audio = lambda t: progress.within(i, video.path, "speech", t, duration)
+    video.on_proxy = lambda t: progress.within(i, video.path, "proxy", t, duration)
     names = {st.NAME for st in pending}
     finished: set[str] = {st.NAME for st in DEFAULT_STAGES if st.NAME not in names}  # done in an earlier run
     started: set[str] = set(finished)

@@ -146,3 +146,26 @@ def test_a_second_indexing_run_is_refused_until_the_first_ends(library, bikes_mp
         holder.send_signal(signal.SIGKILL)  # a killed run leaves no lock behind
         holder.wait()
     assert index_paths(library, [bikes_mp4], _context(library)).done
+
+
+@pytest.mark.slow
+def test_progress_moves_inside_long_stages(tmp_path, monkeypatch):
+    """The bar moves while the decode pass, speech and a proxy transcode run, not only when a stage ends."""
+    import indexer.runner as runner
+    from app.services import Services
+    from app.settings import load_settings
+    from tests.conftest import gradio_media
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)
+    events = []
+    services = Services(load_settings({}, library=str(tmp_path / "lib")))
+    try:
+        summary = services.index([str(gradio_media("videos", "b.avi"))], on_progress=events.append)
+    finally:
+        services.library.close()
+    assert summary.done, summary.describe()
+    within = [e for e in events if e.state == "progress"]
+    assert {"shots", "proxy"} <= {e.stage for e in within}, {(e.stage, e.state) for e in events}
+    done = [e.media_done for e in events]
+    assert all(b >= a - 1e-9 for a, b in zip(done, done[1:])), [(e.stage, e.state, round(e.media_done, 3)) for e in events]  # never backwards
+    assert 0 < within[0].fraction < 1

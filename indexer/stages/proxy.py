@@ -21,7 +21,7 @@ codecs that list allows in .mp4 (H.264, AV1); the user's folder is never written
 The proxy is written to a temporary name and renamed when ffmpeg succeeds: a killed run leaves no half proxy
 under the final name, and the next run simply makes it again. ffmpeg runs niced, decoding on one thread, so that
 it does not starve the decode pass beside it (the x264 encoder may use a few threads: niced, they take only idle
-CPU); its `-progress` output moves `video.on_time`.
+CPU); its `-progress` output moves `video.on_proxy`.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     rel = proxy_name(video.id, video.fingerprint)
     target = folder / rel
     if not target.is_file():  # an earlier run renamed it into place before it was killed: it is complete
-        make_proxy(info, p, target, video.on_time)
+        make_proxy(info, p, target, video.on_proxy)
     remove_proxies(folder, video.id, keep=rel)  # proxies of earlier versions of this file
     return StageOutput(media_s=info.duration, video={"proxy": rel}, message=f"browser proxy: {p.kind}",
                        detail={"proxy": p.kind, "reason": p.reason})
