@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import queue
 import shutil
@@ -29,6 +30,8 @@ from storage import catalog as lv
 from app.settings import Settings
 from storage.errors import SightlineError
 from storage.timefmt import format_time
+
+log = logging.getLogger("sightline.ui")
 
 STATIC = Path(__file__).parent / "static"
 SEARCH_K = 24
@@ -819,7 +822,18 @@ def create_app(settings: Settings):
     demo = build_ui(services, served, allow_server_paths=not on_space)
     if on_space:
         seed_demo_library(services)
+    resume_reruns(services)
     return services, demo, served
+
+
+def resume_reruns(services) -> list[str]:
+    """Stages an upgrade marked to re-run (storage/migrations) run by themselves: queued in the background when
+    the UI starts, with the Library view's progress, as if the user had pressed re-index."""
+    paths = lv.videos_to_rerun(services.library)
+    if paths:
+        log.info("re-running the stages an upgrade changed for %d video(s)", len(paths))
+        services.index_worker.submit(paths)
+    return paths
 
 
 def launch(settings: Settings, share: bool = False, block: bool = True):

@@ -212,6 +212,14 @@ def rerun_command(library) -> str:
     return f"sightline --library {shlex.quote(str(library.folder))} index"
 
 
+def videos_to_rerun(library) -> list[str]:
+    """Paths (still on disk) of the videos with a stage marked for a re-run, as an upgrade leaves them."""
+    with library.read() as s:
+        paths = s.scalars(select(Video.path).join(StageRun, StageRun.video_id == Video.id)
+                          .where(StageRun.status.not_in(FINISHED_MARKS)).distinct().order_by(Video.path)).all()
+    return [p for p in paths if Path(p).is_file()]
+
+
 def status_report(library) -> dict:
     """Everything `sightline status --json` prints: counts, every video with its stages, the last job, and
     which stages the next `sightline index` re-runs and why (`reruns`, per video and in all)."""

@@ -233,3 +233,33 @@ def _signatures(folder: Path) -> dict[str, str]:
         return {st.NAME: st.signature(ctx) for st in DEFAULT_STAGES}
     finally:
         services.library.close()
+
+
+@pytest.mark.slow
+def test_the_ui_reruns_what_an_upgrade_changed_by_itself(old_library):
+    """Opening the web UI on an upgraded library re-runs the outdated stages in the background, unasked."""
+    import time
+
+    from app.settings import load_settings
+    from app.ui import create_app
+    from storage.catalog import status_report
+
+    folder, clip = old_library
+    services, demo, _served = create_app(load_settings({}, library=str(folder), vlm_model="none"))
+    try:
+        worker = services.index_worker
+        deadline = time.time() + 240
+        while time.time() < deadline and (worker.busy or worker.pending()):
+            time.sleep(0.2)
+        report = status_report(services.library)
+        assert report["reruns"]["videos"] == 0, report["reruns"]
+        assert "Indexed 1 file" in worker.last_message, worker.last_message
+        with services.library.read() as s:
+            from sqlalchemy import select
+
+            from storage.models import Moment
+
+            words = s.scalars(select(Moment.words).where(Moment.modality == "speech")).all()
+        assert words and all(words)  # phrase-level speech, with word times, without a command
+    finally:
+        services.library.close()
