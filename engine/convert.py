@@ -168,7 +168,7 @@ def convert_attention(attn: nn.Module, config: Any, layer_idx: int, rank: int | 
                             attention_dropout=getattr(config, "attention_dropout", 0.0))
     new = InternVideo3LatentAttention(shape, layer_idx, mode="stock").to(torch.float64)
     new.config = config
-    dtype, device = attn.q_proj.weight.dtype, attn.q_proj.weight.device
+    dtype, device = dense_dtype(attn), attn.q_proj.weight.device
     new.q_proj.weight.copy_(q_rows.reshape(h * 2 * d, -1)[:, :hidden])
     new.q_proj.bias.copy_(q_rows.reshape(h * 2 * d, -1)[:, hidden])
     new.kv_a_proj_with_mqa.weight.copy_(kv_a[:, :hidden])
@@ -181,6 +181,23 @@ def convert_attention(attn: nn.Module, config: Any, layer_idx: int, rank: int | 
     exact = (not norms) and rope_residual <= 1e-12 and r >= full_rank
     report = LayerReport(layer_idx, r, full_rank, latent_err, rope_residual, norms, exact)
     return new, report
+
+
+def dense_dtype(attn: nn.Module) -> torch.dtype:
+    """The floating dtype a converted attention computes in. A bitsandbytes layer stores uint8 (nf4) or int8
+    weights, which a dense layer cannot take: its compute dtype is used instead, else that of any floating
+    parameter of the attention (norms, biases), else float32. The converted layer stays dense, as kv_b_proj
+    does in a quantized InternVideo3."""
+    weight = attn.q_proj.weight
+    if weight.dtype.is_floating_point:
+        return weight.dtype
+    compute = getattr(attn.q_proj, "compute_dtype", None)
+    if isinstance(compute, torch.dtype) and compute.is_floating_point:
+        return compute
+    for p in attn.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
 
 
 def _text_config(model: nn.Module):

@@ -357,9 +357,10 @@ def load_vlm(
             return _LOADED[key]
         path = spec.name
         if spec.family == "tiny":
-            from engine.tiny import tiny_model_dir
+            from engine.tiny import tiny_internvideo3_dir, tiny_model_dir
 
-            path = str(tiny_model_dir(Path(library or Path.home() / ".cache" / "sightline")))
+            build = tiny_internvideo3_dir if spec.name == "tiny-internvideo3" else tiny_model_dir
+            path = str(build(Path(library or Path.home() / ".cache" / "sightline")))
             spec = resolve(path)
         counts = None
         if spec.params == 0 or spec.family == "unknown":

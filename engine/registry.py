@@ -74,18 +74,21 @@ ALIASES: dict[str, str] = {
 }
 
 TINY = ModelSpec("tiny", "tiny", note="tiny random Qwen3-VL built offline (tests and selfcheck; says nothing useful)")
+TINY_INTERNVIDEO3 = ModelSpec("tiny-internvideo3", "tiny",
+                              note="tiny random InternVideo3 (M2LA attention, remote code) built offline, as tiny")
+TINY_SPECS = {s.name: s for s in (TINY, TINY_INTERNVIDEO3)}
 
 # A model above this many parameters is refused on a CPU: loading works but one answer takes many minutes.
 CPU_MAX_PARAMS = 5_000_000_000
 
 
 def known_names() -> list[str]:
-    return [s.name for s in REGISTRY] + sorted(ALIASES) + ["tiny"]
+    return [s.name for s in REGISTRY] + sorted(ALIASES) + list(TINY_SPECS)
 
 
 def _known_text() -> str:
     lines = [f"  {s.name}: {s.note}" for s in REGISTRY]
-    lines.append(f"  tiny: {TINY.note}")
+    lines.extend(f"  {s.name}: {s.note}" for s in TINY_SPECS.values())
     lines.append(f"  aliases: {', '.join(sorted(ALIASES))}")
     return "\n".join(lines)
 
@@ -97,8 +100,8 @@ def resolve(name: str) -> ModelSpec:
     for spec in REGISTRY:
         if spec.name.lower() == key.lower():
             return spec
-    if key.lower() == "tiny":
-        return TINY
+    if key.lower() in TINY_SPECS:
+        return TINY_SPECS[key.lower()]
     path = Path(raw).expanduser()
     if path.exists():
         return spec_for_folder(path)

