@@ -32,6 +32,7 @@ SETTINGS: tuple[tuple[str, object, str], ...] = (
     ("port", 7860, "Port of the web UI."),
     ("auth", "", "'user:password' required by the web UI; empty means no login."),
     ("max_upload_mb", 2048, "Largest file the web UI accepts, in MB."),
+    ("media_roots", "", "Folders (':'-separated) the web UI may add; empty: any on localhost, uploads only on a network."),
 )
 
 
@@ -54,6 +55,7 @@ class Settings:
     port: int
     auth: str
     max_upload_mb: int
+    media_roots: str
 
     @property
     def library_path(self) -> Path:

@@ -5,9 +5,9 @@ Reads top to bottom: HTML helpers for moments, the background index worker, the 
 app.services or storage and return component values. A SightlineError becomes gr.Error with
 its message; anything else is logged (app/logs.py) and shown as one line.
 
-Security: the web server serves only the library folder and the library's video files (Gradio allowed_paths and
-static paths, kept in step with the library), and every handler that takes a video refuses anything that is not
-a video of the library.
+Security: the web server serves only the library's thumbnails, probed and indexed video files and their proxies
+(app/guard.py checks every file request against ServedFiles; Gradio's allowed_paths and static paths are kept in
+step too), and every handler that takes a video refuses anything that is not a video of the library.
 """
 
 from __future__ import annotations
@@ -217,26 +217,53 @@ class IndexWorker:
 # --- files the web server may serve -------------------------------------------------------------------------------
 
 
+SERVED_STATUSES = (lv.INDEXED, lv.INDEXING, "interrupted")  # interrupted: its run stopped part way
+
+
 class ServedFiles:
     """Keeps Gradio's allowed paths equal to the library's thumbnails plus the library's own video files and
     their browser proxies (cache/proxies, one file each).
 
-    The database, vectors and other caches in the library folder are never served.
+    A video file is served only while its row is indexed (or being indexed) and its content probed as a video
+    (a probe stage mark): never a failed row, never by extension alone. The database, vectors and other caches
+    in the library folder are never served. `allows` is the check app/guard.py makes on every file request.
     """
 
     def __init__(self, library):
         self.library = library
         self.demo: gr.Blocks | None = None
         self._videos: set[str] = set()
+        self._real: set[str] = set()  # realpaths of _videos
+        self._synced_at = 0.0
 
     def paths(self) -> list[str]:
         return [str(self.library.folder / "thumbnails")] + sorted(self._videos)
 
     @staticmethod
     def wanted(rows: list[lv.VideoRow]) -> set[str]:
-        return {r.path for r in rows} | {str(r.proxy) for r in rows if r.proxy is not None}
+        served = [r for r in rows if r.status in SERVED_STATUSES and any(stage == "probe" for stage, _ in r.stages)]
+        return {r.path for r in served} | {str(r.proxy) for r in served if r.proxy is not None}
+
+    def allows(self, path: str, refresh: bool = False) -> bool:
+        """Whether the file route may answer `path` (as Gradio resolves it: absolute, or from the cwd): a served
+        video or proxy, or a file under the thumbnails folder. `refresh` re-reads the library first (at most
+        once a second), for a video indexed since the last sync."""
+        import time
+
+        if refresh and time.monotonic() - self._synced_at > 1.0:
+            self.sync()
+        try:
+            real = os.path.realpath(os.path.abspath(path))
+        except (ValueError, OSError):  # a NUL byte, a name too long
+            return False
+        if real in self._real:
+            return True
+        thumbs = os.path.realpath(self.library.folder / "thumbnails")
+        return real.startswith(thumbs + os.sep) and os.path.isfile(real)
 
     def sync(self) -> None:
+        import time
+
         from gradio.data_classes import _StaticFiles
 
         now = self.wanted(lv.videos(self.library))
@@ -245,6 +272,8 @@ class ServedFiles:
         _StaticFiles.all_paths[:] = [p for p in _StaticFiles.all_paths if str(p) not in gone]
         _StaticFiles.all_paths.extend(Path(p) for p in sorted(new))
         self._videos = now
+        self._real = {os.path.realpath(p) for p in now}
+        self._synced_at = time.monotonic()
         if self.demo is not None:
             self.demo.allowed_paths = self.paths()
 
@@ -460,9 +489,14 @@ def step_message(step) -> dict | None:
 # --- build the UI ------------------------------------------------------------------------------------------------------
 
 
-def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bool = True) -> gr.Blocks:
-    """The whole app. `services` is an app.services.Services; `served` keeps the allowed files in step."""
+def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bool = True,
+             share: bool = False) -> gr.Blocks:
+    """The whole app. `services` is an app.services.Services; `served` keeps the allowed files in step;
+    `share`: a public link is published too (folders are then added only inside SIGHTLINE_MEDIA_ROOTS)."""
+    from app.guard import check_media_root, media_roots
+
     library = services.library
+    roots = media_roots(getattr(services.settings, "media_roots", ""), services.settings.host, share)
     served = served or ServedFiles(library)
     worker = IndexWorker(services, on_done=served.sync)
     services.index_worker = worker  # the Space demo seeding and tests reach the same worker
@@ -501,6 +535,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         if not path.is_absolute():
             raise SightlineError(f"{raw!r} is not an absolute path.", hint="Give the full path, e.g. /home/me/videos.")
         path = path.resolve()
+        check_media_root(path, roots)  # before saying whether it exists
         if not path.exists():
             raise SightlineError(f"{path} does not exist.", hint="Check the spelling of the path.")
         if path == library.folder or library.folder in path.parents:
@@ -812,14 +847,14 @@ def assets() -> dict:
     return {"css": (STATIC / "sightline.css").read_text(), "js": (STATIC / "seek.js").read_text()}
 
 
-def create_app(settings: Settings):
+def create_app(settings: Settings, share: bool = False):
     """Services, the Blocks and the served-files guard for these settings (the Space demo library seeded)."""
     from app.services import Services
 
     services = Services(settings)
     on_space = bool(os.environ.get("SPACE_ID"))
     served = ServedFiles(services.library)
-    demo = build_ui(services, served, allow_server_paths=not on_space)
+    demo = build_ui(services, served, allow_server_paths=not on_space, share=share)
     if on_space:
         seed_demo_library(services)
     resume_reruns(services)
@@ -838,14 +873,20 @@ def resume_reruns(services) -> list[str]:
 
 def launch(settings: Settings, share: bool = False, block: bool = True):
     """Start the web UI (127.0.0.1 by default; 0.0.0.0 inside a Hugging Face Space)."""
-    services, demo, served = create_app(settings)
+    services, demo, served = create_app(settings, share=share)
     host = settings.host
     if os.environ.get("SPACE_ID"):
         host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
     demo.queue(default_concurrency_limit=2)
+    from starlette.middleware import Middleware
+
+    from app.guard import RequestGuard
+
+    # The guard sits in front of Gradio's routes: files, unauthenticated framework routes, login throttling.
+    guard = Middleware(RequestGuard, served=served, demo=demo)
     demo.launch(server_name=host, server_port=settings.port, share=share, auth=parse_auth(settings.auth),
                 allowed_paths=served.paths(), max_file_size=f"{settings.max_upload_mb}mb", show_error=True,
-                prevent_thread_lock=not block, quiet=not block, **assets())
+                prevent_thread_lock=not block, quiet=not block, app_kwargs={"middleware": [guard]}, **assets())
     served.demo = demo
     demo.sightline_services = services  # for tests and embedding code that holds only the Blocks
     return demo

@@ -31,7 +31,7 @@ from sqlalchemy import delete, func, select
 from indexer.context import IndexContext, StageOutput, UpstreamFailed, VideoJob
 from indexer.frames import drop_frames, start_feed
 from indexer.media import VIDEO_EXTENSIONS, fingerprint
-from storage.catalog import remove_vectors, wipe_video_rows
+from storage.catalog import remove as remove_video, remove_vectors, wipe_video_rows
 from indexer.stages import DEFAULT_STAGES, WORKERS
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, MISSING, PENDING, Embedding, Job, Moment, StageRun, Video
@@ -75,6 +75,7 @@ class IndexSummary:
     media_s: float = 0.0
     wall_s: float = 0.0
     notes: dict[str, str] = field(default_factory=dict)
+    not_videos: list[tuple[str, str]] = field(default_factory=list)  # (path, why) found in a folder, not indexed
 
     @property
     def realtime_factor(self) -> float:
@@ -90,11 +91,17 @@ class IndexSummary:
             lines.append(f"  failed: {path}: {error}")
         for path in self.missing:
             lines.append(f"  missing: {path}")
+        if self.not_videos:
+            names = ", ".join(Path(p).name for p, _ in self.not_videos[:5])
+            more = f" and {len(self.not_videos) - 5} more" if len(self.not_videos) > 5 else ""
+            lines.append(f"  skipped {len(self.not_videos)} file(s) with a video extension that are not videos: "
+                         f"{names}{more}.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"done": self.done, "unchanged": self.unchanged, "failed": [list(f) for f in self.failed],
-                "missing": self.missing, "media_s": self.media_s, "wall_s": self.wall_s, "notes": self.notes}
+                "missing": self.missing, "media_s": self.media_s, "wall_s": self.wall_s, "notes": self.notes,
+                "not_videos": [list(f) for f in self.not_videos]}
 
 
 # --- planning ---------------------------------------------------------------------------------------------------
@@ -123,6 +130,68 @@ def collect(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
             seen.add(f)
             unique.append(f)
     return unique, roots
+
+
+TRANSPORT_STREAMS = frozenset((".ts", ".mts", ".m2ts"))  # .ts is also TypeScript: these are sniffed first
+_PROBED: dict[str, object] = {}  # path -> MediaInfo probed by _keep_videos, handed to its VideoJob by _prepare
+
+
+def looks_like_transport_stream(path: Path) -> bool:
+    """MPEG-TS packets start with the sync byte 0x47 every 188 bytes (M2TS/AVCHD: 192, after a 4-byte stamp)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 * 192 + 4)
+    except OSError:
+        return True  # unreadable: let the run say so for the file
+    for first, stride in ((0, 188), (4, 192)):
+        offsets = [first + k * stride for k in range(4) if first + k * stride < len(head)]
+        if offsets and all(head[o] == 0x47 for o in offsets):
+            return True
+    return False
+
+
+def _not_a_video(err: SightlineError) -> bool:
+    """The probe found no video in the file (text, an image, audio only), as opposed to a damaged video."""
+    return "not a video file" in err.message or "no video stream" in err.message
+
+
+def _keep_videos(library, paths, files: list[Path], summary: IndexSummary) -> list[Path]:
+    """Files found by walking a folder only count once their content probes as a video: the others (a
+    TypeScript `config.ts`, a text file named `.mp4`) are left out and reported in `summary.not_videos`, and a
+    row an earlier run registered for one is removed. Files named explicitly are kept: they fail with the probe's
+    message. Videos of the library that probed before are not probed again."""
+    from indexer.media import probe
+
+    _PROBED.clear()
+    named = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
+    with library.read() as s:
+        probed = set(s.scalars(select(Video.path).join(StageRun, StageRun.video_id == Video.id).where(
+            StageRun.stage == "probe", Video.status != FAILED)).all())
+    kept, dropped = [], []
+    for f in files:
+        if f in named or str(f) in probed:
+            kept.append(f)
+            continue
+        if f.suffix.lower() in TRANSPORT_STREAMS and not looks_like_transport_stream(f):
+            dropped.append((f, "not an MPEG transport stream (no 0x47 sync bytes)"))
+            continue
+        try:
+            _PROBED[str(f)] = probe(f)
+        except SightlineError as err:
+            if _not_a_video(err):
+                dropped.append((f, err.message))
+                continue
+        kept.append(f)
+    summary.not_videos = [(str(f), why) for f, why in dropped]
+    if dropped:
+        try:
+            with library.read() as s:
+                ids = s.scalars(select(Video.id).where(Video.path.in_([str(f) for f, _ in dropped]))).all()
+            for video_id in ids:
+                remove_video(library, video_id)
+        except Exception:  # noqa: BLE001 - a row left behind stays failed and is never served; the run goes on
+            log.exception("could not remove the rows of files that are not videos")
+    return kept
 
 
 def _stage_key(fp: str, stage, ctx: IndexContext) -> str:
@@ -184,7 +253,9 @@ def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | 
     remove_vectors(library, removed)
     if error:
         return error
-    return VideoJob(video_id, str(path), fp), pending
+    job = VideoJob(video_id, str(path), fp)
+    job.info = _PROBED.pop(str(path), None)  # probed by _keep_videos: not probed twice
+    return job, pending
 
 
 # --- committing a stage -----------------------------------------------------------------------------------------
@@ -388,6 +459,7 @@ def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: 
     started = time.time()
     files, roots = collect(paths)
     summary = IndexSummary()
+    files = _keep_videos(library, paths, files, summary)
     summary.missing = _mark_missing(library, roots, {str(f) for f in files})
     job_id = library.write(lambda s: _new_job(s, len(files)))
     plans: list[tuple[Path, VideoJob | None, list]] = []
@@ -513,8 +585,7 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
         _end_frames(video, "indexing stopped")  # never leave speech or a follower of the pass waiting
         for fut in running:
             fut.result()
-    if not errors:
-        drop_frames(video, ctx)
+    drop_frames(video, ctx)  # failed too: the cache is large, and a re-run decodes again (frames.ensure_frames)
     if errors:
         message = "; ".join(errors)
         _set_status(library, video.id, FAILED, message)

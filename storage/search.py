@@ -20,7 +20,7 @@ Retrievers, each giving a ranked list of moment ids:
 
 Filters (modalities, video ids) are applied inside each retriever (an SQL join for FTS5, an id selector for
 FAISS, see storage/vectors.py), never by cutting a short list afterwards, so a filter cannot empty the results
-while matching moments exist.
+while matching moments exist. Moments of failed videos (partial results) never show: `hidden_ids`.
 
 Score scale: reciprocal-rank fusion, score = sum over retrievers r of 1 / (RRF_K + rank_r), divided by its
 maximum R / (RRF_K + 1) where R is the number of retrievers that ran. So scores lie in [0, 1]; 1.0 means
@@ -51,7 +51,7 @@ import numpy as np
 from sqlalchemy import case, func, literal, or_, select
 
 from storage.errors import SightlineError
-from storage.models import MODALITIES, Moment, Video
+from storage.models import FAILED, MODALITIES, Moment, Video
 from storage.vectors import id_mask
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (n, dim) float32, L2-normalised
@@ -63,6 +63,7 @@ FTS_TERM_CAP = 5_000  # a word matching more moments than this is "common" (see 
 MIN_TEXT_SIMILARITY = 0.1  # MiniLM cosine below this is unrelated text
 SEARCH_DEADLINE_S = 5.0
 MERGE_GAP_S = 0.5  # same text within this gap counts as one moment
+HIDDEN_DEEPEN_MAX = 5_000  # up to this many moments of failed videos, retrievers read deeper instead of filtering
 
 
 @dataclass
@@ -246,6 +247,30 @@ def _query_allowed_ids(library, modalities, video_ids, deadline_s) -> np.ndarray
         return np.asarray(s.scalars(q).all(), dtype=np.int64)
 
 
+def hidden_ids(library, deadline_s: float | None = None) -> np.ndarray:
+    """Moment ids of failed videos: a run that did not finish leaves partial moments, which are not evidence.
+    Two small queries (failed videos are few; moments are found through their video_id index)."""
+    with library.read(deadline_s) as s:
+        failed = s.scalars(select(Video.id).where(Video.status == FAILED)).all()
+        if not failed:
+            return np.empty(0, dtype=np.int64)
+        return np.asarray(s.scalars(select(Moment.id).where(Moment.video_id.in_(failed))).all(), dtype=np.int64)
+
+
+def _without_hidden(library, subset: np.ndarray | None, hidden: np.ndarray, deadline_s: float | None
+                    ) -> np.ndarray | None:
+    """The allowed ids less the hidden ones; None (no filter) stays None while the hidden ones are few enough
+    for the retrievers to read past them (`search` deepens each list by their number and drops them)."""
+    if not len(hidden):
+        return subset
+    if subset is None:
+        if len(hidden) <= HIDDEN_DEEPEN_MAX:
+            return None
+        with library.read(deadline_s) as s:
+            subset = np.asarray(s.scalars(select(Moment.id)).all(), dtype=np.int64)
+    return np.setdiff1d(subset, hidden, assume_unique=True)
+
+
 def vector_ranking(library, space: str, query_vector: np.ndarray, n: int,
                    subset: np.ndarray | None = None, min_similarity: float | None = None) -> list[tuple[int, float]]:
     """(moment id, cosine) from the FAISS index of `space`, best first, only ids in `subset` when given."""
@@ -427,6 +452,10 @@ def search(
     deadline = _Deadline(deadline_s)
     n = max(50, 5 * k)  # each retriever's list: deep enough for fusion to matter
     subset = allowed_ids(library, modalities, video_ids, deadline.left())  # cached; None without filters
+    hidden = hidden_ids(library, deadline.left())  # moments of failed videos never show
+    subset = _without_hidden(library, subset, hidden, deadline.left())
+    if subset is None and len(hidden):
+        n += len(hidden)  # read past them: each list still holds n visible moments when there are that many
     # The keyword ranking (SQLite) runs on a helper thread while this one embeds the query (torch) and asks
     # FAISS: both release the GIL, so on two cores the slower of the two sets the latency, not their sum.
     keyword = _POOL.submit(keyword_ranking, library, query, n, modalities, video_ids, deadline.left(), subset)
@@ -439,6 +468,9 @@ def search(
     finally:
         keyword_hits = keyword.result()  # waits even when embedding failed: no query left running behind
     rankings = {"keyword": keyword_hits, **rankings}
+    if len(hidden):
+        gone = set(hidden.tolist())
+        rankings = {name: [r for r in ranks if r[0] not in gone] for name, ranks in rankings.items()}
     fused = fuse(rankings)[: 4 * k + 10]  # extra candidates: merging overlaps removes some
     hits = merge_overlapping(hits_for(library, fused, deadline.left(), query))
     return hits[:k]

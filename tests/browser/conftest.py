@@ -191,7 +191,7 @@ def build_library_through_storage(library, clips: list[Path], embed=None) -> Non
     """
     import subprocess
 
-    from storage.models import INDEXED, Embedding, Moment, Video
+    from storage.models import INDEXED, Embedding, Moment, StageRun, Video
     from storage.vectors import encode_vector
 
     facts = {
@@ -209,6 +209,7 @@ def build_library_through_storage(library, clips: list[Path], embed=None) -> Non
             v = Video(path=str(clip.resolve()), duration=duration, status=INDEXED, size=clip.stat().st_size)
             s.add(v)
             s.flush()
+            s.add(StageRun(video_id=v.id, stage="probe", status="done"))  # probed as a video: the server plays it
             return v.id
 
         vid = library.write(add_video)
