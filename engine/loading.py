@@ -89,13 +89,14 @@ def cuda_free_bytes() -> int | None:
 
 def count_params(config: dict) -> tuple[int, int]:
     """(all parameters, never-quantized parameters) of a Qwen3-VL / InternVideo3 config.json, by arithmetic."""
-    t = config.get("text_config") or config
+    t = config.get("text_config") or config.get("llm_config") or config  # registry.family_of_config takes both
     v = config.get("vision_config") or {}
     hid, inter, layers = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
     heads = t["num_attention_heads"]
     if "kv_lora_rank" in t:  # M2LA: q, kv_a (latent + shared rope key), kv_b, o
         dn, dr, dv, r = t["qk_nope_head_dim"], t["qk_rope_head_dim"], t["v_head_dim"], t["kv_lora_rank"]
-        attn = hid * heads * (dn + dr) + hid * (r + dr) + r * heads * (dn + dv) + heads * dv * hid
+        kv_b = r * heads * (dn + dv)  # stays bf16 in nf4/int8 (SKIP_MODULES): counted with the kept parameters
+        attn = hid * heads * (dn + dr) + hid * (r + dr) + kv_b + heads * dv * hid
     else:
         hd = t.get("head_dim") or hid // heads
         kvh = t.get("num_key_value_heads") or heads
@@ -118,7 +119,8 @@ def count_params(config: dict) -> tuple[int, int]:
             + n_mergers * merger
         )
     total = layers * (attn + mlp) + embed + head + vision
-    return total, embed + head + vision
+    kept = embed + head + vision + (layers * kv_b if "kv_lora_rank" in t else 0)
+    return total, kept
 
 
 def bytes_needed(params: int, keep_params: int, quantization: str) -> int:
@@ -146,8 +148,9 @@ def plan_load(spec: ModelSpec, quantization: str, free_bytes: int | None, params
             raise SightlineError(
                 f"{spec.name} needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False); "
                 f"with {total / 1e9:.1f} B parameters one answer on a CPU would take many minutes.",
-                hint="Run Sightline on a machine with an NVIDIA GPU (8 GiB is enough with nf4), pick a smaller "
-                "model (vlm_model=qwen3-vl-2b runs on a CPU, slowly), or set vlm_model=none for evidence-only answers.",
+                hint=f"Run Sightline on a machine with an NVIDIA GPU (about {_gib(bytes_needed(total, keep, 'nf4'))} "
+                "of GPU memory with SIGHTLINE_QUANTIZATION=nf4), pick a smaller model (SIGHTLINE_VLM_MODEL=qwen3-vl-2b "
+                "runs on a CPU, slowly), or set SIGHTLINE_VLM_MODEL=none for evidence-only answers.",
             )
         chosen = "bf16" if quantization == "auto" else quantization
         return LoadPlan(spec, chosen, device, total, keep, 0, None, skip)
@@ -157,7 +160,7 @@ def plan_load(spec: ModelSpec, quantization: str, free_bytes: int | None, params
         chosen = quantization
     need = bytes_needed(total, keep, chosen)
     if need > free_bytes:
-        smaller = "Use quantization=nf4, " if chosen != "nf4" else ""
+        smaller = "Set SIGHTLINE_QUANTIZATION=nf4, " if chosen != "nf4" else ""
         raise SightlineError(
             f"Not enough GPU memory for {spec.name} in {chosen}: it needs about {_gib(need)} "
             f"({total / 1e9:.1f} B parameters, {keep / 1e9:.1f} B kept in bf16, plus {_gib(RUNTIME_HEADROOM)} "
@@ -177,7 +180,7 @@ def offline_error(name: str, err: Exception | None = None) -> SightlineError:
     return SightlineError(
         f"The weights of {name} are not on this machine and cannot be downloaded: {why}{detail}.",
         hint=f"On a machine with internet run `huggingface-cli download {name} --local-dir ./{name.split('/')[-1]}`, "
-        f"copy that folder here and pass its path (--vlm-model PATH or SIGHTLINE_VLM_MODEL=PATH).",
+        f"copy that folder here and pass its path (SIGHTLINE_VLM_MODEL=PATH).",
     )
 
 
@@ -276,7 +279,8 @@ def load_weights(plan: LoadPlan, path: str):
         raise SightlineError(
             f"Not enough GPU memory for {plan.spec.name} in {plan.quantization}: the GPU ran out while loading "
             f"(estimate {_gib(plan.need_bytes)}, {_gib(plan.free_bytes)} was free).",
-            hint="Use quantization=nf4, close other programs using the GPU, or pick a smaller model.",
+            hint="Set SIGHTLINE_QUANTIZATION=nf4, close other programs using the GPU, or pick a smaller model "
+            "(SIGHTLINE_VLM_MODEL=qwen3-vl-4b or qwen3-vl-2b).",
         ) from None
     except ImportError as err:
         # bitsandbytes missing, or remote code asking for packages (flash_attn, qwen_vl_utils, ...)

@@ -34,8 +34,8 @@ REGISTRY: tuple[ModelSpec, ...] = (
     ModelSpec(
         DEFAULT_GPU_MODEL,
         "internvideo3",
-        params=9_490_000_000,
-        keep_params=1_820_000_000,  # ViT+mergers 0.58 B, embed 0.62 B, lm_head 0.62 B
+        params=9_480_000_000,
+        keep_params=2_080_000_000,  # ViT+mergers 0.58 B, embed 0.62 B, lm_head 0.62 B, kv_b_proj 0.26 B (dense)
         trust_remote_code=True,
         needs_gpu=True,
         note="InternVideo3-8B (Qwen3-VL-8B with M2LA attention); default on a CUDA GPU",

@@ -106,7 +106,9 @@ def test_no_gpu_refuses_big_models_and_says_what_to_do(no_gpu, name):
         load_vlm(name)
     text = err.value.user_text()
     assert "needs a CUDA GPU" in text and "has none" in text
-    assert "vlm_model=none" in text and "qwen3-vl-2b" in text
+    assert "SIGHTLINE_VLM_MODEL=none" in text and "SIGHTLINE_VLM_MODEL=qwen3-vl-2b" in text
+    assert "vlm_model=" not in text.replace("SIGHTLINE_VLM_MODEL=", "")  # only knobs that exist
+    assert "GiB of GPU memory with SIGHTLINE_QUANTIZATION=nf4" in text  # the plan's own figure, not "8 GiB"
 
 
 def test_auto_and_none_fall_back_to_evidence_only(no_gpu):
@@ -129,7 +131,7 @@ def test_offline_weights_name_the_model_and_how_to_get_them(no_gpu, monkeypatch,
         load_vlm("qwen3-vl-2b")
     text = err.value.user_text()
     assert "Qwen/Qwen3-VL-2B-Instruct" in text and "cannot be downloaded" in text and "HF_HUB_OFFLINE" in text
-    assert "huggingface-cli download Qwen/Qwen3-VL-2B-Instruct" in text and "--vlm-model PATH" in text
+    assert "huggingface-cli download Qwen/Qwen3-VL-2B-Instruct" in text and "SIGHTLINE_VLM_MODEL=PATH" in text and "--vlm-model" not in text
 
 
 def test_unreachable_hub_is_the_same_clear_error(no_gpu, monkeypatch, tmp_path):
@@ -156,7 +158,7 @@ def test_not_enough_gpu_memory_gives_estimate_and_free(fake_gpu):
     fake_gpu(free_gib=15.0)
     with pytest.raises(SightlineError, match="in bf16") as err:
         load_vlm("internvideo3", quantization="bf16")
-    assert "quantization=nf4" in err.value.hint
+    assert "SIGHTLINE_QUANTIZATION=nf4" in err.value.hint
 
 
 def test_auto_quantization_is_bf16_when_it_fits_else_nf4():
@@ -309,8 +311,9 @@ def test_memory_estimate_counts_the_real_8b_shape():
     with torch.device("meta"):
         model = InternVideo3ForConditionalGeneration(config)
     total = sum(p.numel() for p in model.parameters())
-    keep = sum(p.numel() for n, p in model.named_parameters()
-               if n.startswith(("model.visual", "lm_head", "model.language_model.embed_tokens")))
+    keep = sum(p.numel() for n, p in model.named_parameters()  # what nf4/int8 leave dense (SKIP_MODULES)
+               if n.startswith(("model.visual", "lm_head", "model.language_model.embed_tokens"))
+               or ".kv_b_proj." in n)
     counted = count_params(config.to_dict())
     assert counted[0] == pytest.approx(total, rel=1e-3) and counted[1] == pytest.approx(keep, rel=1e-3)
     spec = resolve("internvideo3")
@@ -340,3 +343,22 @@ def test_one_table_maps_families_to_loaders():
     with pytest.raises(SightlineError, match="no loader for model family 'llava'") as err:
         model_class_for(ModelSpec("x/llava", "llava"))
     assert DEFAULT_GPU_MODEL in err.value.hint
+
+
+
+def test_count_params_reads_llm_config_and_keeps_kv_b_proj_dense():
+    """A local folder whose config names its text part `llm_config` (the registry accepts it) is counted, and
+    InternVideo3's kv_b_proj, which stays bf16 under nf4/int8, is counted with the kept parameters."""
+    from engine.loading import count_params
+    from engine.models.internvideo3 import InternVideo3Config
+
+    cfg = InternVideo3Config().to_dict()
+    total, kept = count_params(cfg)
+    renamed = dict(cfg, llm_config=cfg["text_config"])
+    del renamed["text_config"]
+    assert count_params(renamed) == (total, kept)
+    t = cfg["text_config"]
+    kv_b = t["num_hidden_layers"] * t["kv_lora_rank"] * t["num_attention_heads"] * (t["qk_nope_head_dim"] + t["v_head_dim"])
+    gqa = {k: v for k, v in t.items() if k != "kv_lora_rank"}  # the same model counted as plain GQA attention
+    assert kept - count_params({**cfg, "text_config": gqa})[1] == kv_b > 0
+
