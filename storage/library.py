@@ -270,10 +270,11 @@ class Library:
 
     def video_by_ref(self, ref: str | int) -> Video:
         """A video by id, path or file name; raises SightlineError naming the known videos when not found."""
+        from storage import validate
+
+        ref = validate.video_ref(ref)  # an id as int (ASCII digits only), or text no longer than a path
         with self.read() as s:
-            video = None
-            if isinstance(ref, int) or str(ref).isdigit():
-                video = s.get(Video, int(ref))
+            video = s.get(Video, ref) if isinstance(ref, int) else None
             if video is None:
                 resolved = str(Path(str(ref)).expanduser().resolve())
                 video = s.scalar(select(Video).where(Video.path == resolved))
@@ -284,7 +285,7 @@ class Library:
                     video = matches[0]
             if video is None:
                 known = ", ".join(f"{v.id}: {Path(v.path).name}" for v in s.scalars(select(Video)).all()[:20])
-                raise SightlineError(f"No video {ref!r} in this library.",
+                raise SightlineError(f"No video {validate.shown(ref)} in this library.",
                                      hint=f"Known videos: {known}." if known else "Index some videos first.")
             return video
 

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sqlalchemy import case, func, literal, or_, select
 
+from storage import validate
 from storage.errors import SightlineError
 from storage.models import FAILED, MODALITIES, Moment, Video
 from storage.vectors import id_mask
@@ -61,6 +62,8 @@ MAX_QUERY_CHARS = 2000
 MAX_QUERY_WORDS = 16
 FTS_TERM_CAP = 5_000  # a word matching more moments than this is "common" (see the module docstring)
 MIN_TEXT_SIMILARITY = 0.1  # MiniLM cosine below this is unrelated text
+MIN_KNOWN_SHARE = 0.5  # below this share of the query known to the text embedder, its vector is skipped
+MAX_K = 1000  # most moments one search returns
 SEARCH_DEADLINE_S = 5.0
 MERGE_GAP_S = 0.5  # same text within this gap counts as one moment
 HIDDEN_DEEPEN_MAX = 5_000  # up to this many moments of failed videos, retrievers read deeper instead of filtering
@@ -93,13 +96,27 @@ class MomentHit:
 
 
 def _check_query(query: str) -> str:
-    query = (query or "").strip()
+    """The query as searched: valid UTF-8 text (storage/validate.py), not empty, not too long, and holding a
+    letter or digit of some script: punctuation, emoji or zero-width characters alone are nothing to search for
+    (every retriever would return arbitrary moments for them)."""
+    query = validate.query_text(query, max_chars=MAX_QUERY_CHARS)
     if not query:
         raise SightlineError("The search query is empty.", hint="Type a few words describing the moment.")
-    if len(query) > MAX_QUERY_CHARS:
-        raise SightlineError(f"The search query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}.",
-                             hint="Shorten it to the words that matter.")
-    return query
+    return validate.without_invisible(validate.require_searchable(query))
+
+
+def _check_filters(modalities, video_ids, k) -> tuple[list[str] | None, list[int] | None, int]:
+    modalities = validate.modalities(modalities, MODALITIES)
+    video_ids = [validate.video_id(v) for v in video_ids] if video_ids else None
+    return modalities, video_ids, validate.count(k, "k", 1, MAX_K)
+
+
+def embedder_knows(query: str, embed: EmbedFn) -> bool:
+    """False when the text embedder's tokenizer knows under half of the query's letters (a script it was not
+    trained on: see validate.known_share); its vector for such a query is noise, so the text space is skipped
+    and only keyword matches are returned. True for an embedder without a tokenizer (nothing to check)."""
+    tokenizer = validate.tokenizer_of(embed)
+    return tokenizer is None or validate.known_share(query, tokenizer) >= MIN_KNOWN_SHARE
 
 
 def query_words(query: str) -> list[str]:
@@ -440,15 +457,12 @@ def search(
 ) -> list[MomentHit]:
     """Best k moments for a free-text query, fused across keyword and vector retrieval."""
     query = _check_query(query)
-    unknown = set(modalities or ()) - set(MODALITIES)
-    if unknown:
-        raise SightlineError(f"Unknown modality {sorted(unknown)}.", hint=f"Use one of {', '.join(MODALITIES)}.")
-    if k < 1:
-        raise SightlineError(f"k must be at least 1, got {k}.", hint="Ask for one or more moments.")
+    modalities, video_ids, k = _check_filters(modalities, video_ids, k)
     # Opening a vector store (the first search of a process reads, and may rebuild, its FAISS file) is loading,
     # not searching: it happens before the deadline starts, as the embedders' loading does (app/services.py).
     spaces = [(space, fn) for space, fn in (("text", embed_text), ("visual", embed_visual_text))
               if fn is not None and _has_vectors(library, space)]
+    spaces = [(space, fn) for space, fn in spaces if space != "text" or embedder_knows(query, fn)]
     deadline = _Deadline(deadline_s)
     n = max(50, 5 * k)  # each retriever's list: deep enough for fusion to matter
     subset = allowed_ids(library, modalities, video_ids, deadline.left())  # cached; None without filters
