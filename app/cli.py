@@ -62,6 +62,7 @@ def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> 
     (after an upgrade, a model change or a failure; `sightline status` lists them) run.
     """
     services = _services(ctx)
+    services.check_library()  # a damaged database is named (with `sightline repair`) before any work
     targets = list(paths) or _library_videos(services)
     summary = services.index(targets, captions=captions, show_progress=True)
     click.echo(summary.describe())
@@ -94,7 +95,9 @@ def _library_videos(services) -> list[str]:
 @_user_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show the library: every video, its state and any error."""
-    report = _services(ctx).status()
+    services = _services(ctx)
+    services.check_library()
+    report = services.status()
     click.echo(json.dumps(report, indent=2) if as_json else _format_status(report))
 
 
@@ -164,6 +167,24 @@ def ask(ctx: click.Context, question: str, video: str | None, as_json: bool) -> 
     for e in result.evidence:
         mark = " verified" if e.verified else ""
         click.echo(f"  - {e.video} {format_time(e.start)}-{format_time(e.end)} [{e.modality}{mark}] {e.text[:100]}")
+
+
+@cli.command()
+@click.pass_context
+@_user_errors
+def repair(ctx: click.Context) -> None:
+    """Rebuild a damaged or lost library database from every row that can still be read.
+
+    The old file is kept as library.db.broken-<time>; videos that lost rows are marked to index again (run
+    `sightline index` after), and the vectors are rebuilt. Stop the web UI and any indexing run first.
+    """
+    from storage.repair import repair_library
+
+    if ctx.obj.database_url:
+        raise SightlineError("`sightline repair` repairs a library's own SQLite file (library.db), not a server "
+                             "database given by SIGHTLINE_DATABASE_URL.",
+                             hint="Use your database server's own backup and repair tools.")
+    click.echo(repair_library(ctx.obj.library_path).describe())
 
 
 @cli.command()

@@ -21,6 +21,11 @@ class Services:
     def library(self) -> Library:
         return Library.open(self.settings.library_path, self.settings.database_url or None)
 
+    def check_library(self) -> None:
+        """SQLite's quick check of the library database (a damaged one raises SightlineError naming `sightline
+        repair`). ~0.3 s at 100k moments, so status, index and the UI's start run it, not every search."""
+        self.library.check_health()
+
     # --- models (loaded on first use, once) ---------------------------------------------------------------
 
     @cached_property

@@ -852,6 +852,7 @@ def create_app(settings: Settings, share: bool = False):
     from app.services import Services
 
     services = Services(settings)
+    services.check_library()  # a damaged database is named (with `sightline repair`) before the UI starts
     on_space = bool(os.environ.get("SPACE_ID"))
     served = ServedFiles(services.library)
     demo = build_ui(services, served, allow_server_paths=not on_space, share=share)

@@ -132,6 +132,24 @@ def _file_crc(path: Path) -> int:
     return crc
 
 
+def _move_aside_unless_file(path: Path) -> None:
+    """A folder (or anything not a file) where a derived file goes is renamed <name>.broken-<time>, never
+    deleted, so the file can be written again; SightlineError when even that is not possible."""
+    if not os.path.lexists(path) or path.is_file() and not path.is_symlink():
+        return
+    import logging
+    import time
+
+    aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        raise SightlineError(f"{path} is not a file (a folder or link is in its place) and cannot be moved "
+                             f"aside: {err.strerror}.",
+                             hint="Move or delete it; Sightline rebuilds the vectors from the database.") from None
+    logging.getLogger("sightline").warning("%s was not a file; moved aside to %s and rebuilt", path, aside)
+
+
 def decode_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
 
@@ -222,8 +240,13 @@ class VectorStore:
             return None
         if not self.path.exists():
             return "no index file"
-        if self.path.stat().st_size != meta.get("bytes") or _file_crc(self.path) != meta.get("crc32"):
-            return "index file corrupt (size or CRC differs)"
+        if not self.path.is_file():
+            return "index path is not a file (a folder?)"
+        try:
+            if self.path.stat().st_size != meta.get("bytes") or _file_crc(self.path) != meta.get("crc32"):
+                return "index file corrupt (size or CRC differs)"
+        except OSError:
+            return "index file unreadable"
         try:
             index = faiss.read_index(str(self.path))
         except RuntimeError:
@@ -392,6 +415,8 @@ class VectorStore:
         import faiss
 
         tmp = self.path.with_suffix(".faiss.tmp")
+        for path in (self.path, self.meta_path, tmp, self.meta_path.with_suffix(".json.tmp")):
+            _move_aside_unless_file(path)
         if self.index is not None:
             faiss.write_index(self.index, str(tmp))
             self.meta = {**self.meta, "bytes": tmp.stat().st_size, "crc32": _file_crc(tmp)}

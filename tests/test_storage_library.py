@@ -164,8 +164,9 @@ def test_bad_database_url_is_a_clear_error(tmp_path):
 def test_not_a_database_file_is_a_clear_error(tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "library.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(SightlineError, match="Cannot open the database"):
+    with pytest.raises(SightlineError, match="is damaged \\(file is not a database\\)") as err:
         Library.open(tmp_path / "lib")
+    assert "sightline repair" in err.value.hint
 
 
 def test_unknown_video_lists_the_known_ones(library):
