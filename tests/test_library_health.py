@@ -85,9 +85,14 @@ def _pages(db: Path, name: str) -> list[int]:
 
 
 def _garbage(db: Path, page: int) -> None:
+    """4 KB of seeded random bytes over one page; its first byte 0, never a valid b-tree page type."""
+    import random
+
+    junk = bytearray(random.Random(page).randbytes(PAGE))
+    junk[0] = 0
     with open(db, "r+b") as f:
         f.seek((page - 1) * PAGE)
-        f.write(os.urandom(PAGE))
+        f.write(junk)
 
 
 def _assert_damaged_message(result) -> None:
