@@ -244,6 +244,14 @@ class ServedFiles:
         served = [r for r in rows if r.status in SERVED_STATUSES and any(stage == "probe" for stage, _ in r.stages)]
         return {r.path for r in served} | {str(r.proxy) for r in served if r.proxy is not None}
 
+    def check_served(self, path: Path, row: lv.VideoRow | None) -> None:
+        """Refuse to hand the player a file the server will not serve (Gradio would copy it into its cache)."""
+        if str(path) not in self._videos:
+            why = f"it failed to index ({row.error})" if row is not None and row.status == lv.FAILED else \
+                "its content has not been probed as a video yet"
+            raise SightlineError(f"{path.name} cannot be played: {why}.",
+                                 hint="Re-index it from the Library tab, or remove it from the library.")
+
     def allows(self, path: str, refresh: bool = False) -> bool:
         """Whether the file route may answer `path` (as Gradio resolves it: absolute, or from the cwd): a served
         video or proxy, or a file under the thumbnails folder. `refresh` re-reads the library first (at most
@@ -610,6 +618,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
         row = next((r for r in lv.videos(library) if str(r.id) == str(ref).strip()), None)  # ref: an id (checked)
         if row is not None and play == Path(row.path):
             _check_plays_as_is(row)
+        served.check_served(play, row)  # a failed or unprobed file is never served
         path = Path(row.path) if row else play
         listing = now_playing_html(path, lv.moments_of(library, row.id) if row else [], row.duration if row else None)
         return gr.update(value=str(play), playback_position=max(0.0, start)), listing, (row.id if row else None)

@@ -5,6 +5,7 @@ Real HTTP against the running app (tests/browser/conftest.py running_app)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -81,6 +82,12 @@ def test_only_probed_videos_are_served(tmp_path):
         assert r.status_code == 206 and len(r.content) == 100
         thumb = next((services.library.folder / "thumbnails").rglob("*.jpg"))
         assert client.get(f"{url}gradio_api/file={quote(str(thumb))}").status_code == 200
+
+        # the player refuses a failed row with its reason (Gradio would copy the file into its served cache)
+        kind, payload = call(client, url, "load_moment", json.dumps({"video": rows["passwd"].id, "start": 0}))
+        assert kind == "error" and "cannot be played: it failed to index" in payload, payload
+        kind, payload = call(client, url, "load_moment", json.dumps({"video": rows["a.mp4"].id, "start": 1}))
+        assert kind == "complete" and "a.mp4" in payload, payload
 
 
 def test_login_is_throttled_and_framework_routes_need_it(tmp_path):
