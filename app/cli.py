@@ -50,7 +50,15 @@ def _services(ctx: click.Context):
     return Services(ctx.obj)
 
 
-@cli.command()
+# `sightline index` exit codes (README "Exit codes"); 1 is any other error (a bad path, an unreadable library).
+EXIT_OK = 0  # every file indexed or unchanged (files gone from a folder are only reported)
+EXIT_SOME_FAILED = 3  # at least one file failed in this run (a file that failed before is tried again each run)
+EXIT_ABORTED = 4  # the run stopped before its end: disk full, read-only library, Ctrl-C, or another run holds the lock
+
+
+@cli.command(epilog="Exit codes: 0 all indexed or unchanged; 3 some files failed (the others are indexed); "
+             "4 aborted (disk full, read-only library, interrupted, or another run holds the library's lock), "
+             "the next run resumes; 1 any other error.")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--captions/--no-captions", default=None, help=help_of("captions"))
 @click.pass_context
@@ -59,15 +67,48 @@ def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> 
     """Index video files or folders (incremental: unchanged files are skipped).
 
     With no PATH, bring every video already in the library up to date: only the stages that must run again
-    (after an upgrade, a model change or a failure; `sightline status` lists them) run.
+    (after an upgrade, a model change or a failure; `sightline status` lists them) run. A run that was
+    killed or interrupted is resumed by the next one, whatever PATHs it is given.
     """
+    from indexer.runner import IndexInterrupted
+    from storage.library import IndexingBusy
+
+    read_only = _read_only(ctx.obj.library_path)
+    if read_only:
+        click.echo(f"Error: {read_only}", err=True)
+        sys.exit(EXIT_ABORTED)
     services = _services(ctx)
     services.check_library()  # a damaged database is named (with `sightline repair`) before any work
     targets = list(paths) or _library_videos(services)
-    summary = services.index(targets, captions=captions, show_progress=True)
+    try:
+        summary = services.index(targets, captions=captions, show_progress=True)
+    except IndexingBusy as err:
+        click.echo(f"Error: {err.user_text()}", err=True)
+        sys.exit(EXIT_ABORTED)
+    except IndexInterrupted as stop:
+        click.echo(stop.summary.describe(), err=True)
+        sys.exit(EXIT_ABORTED)
     click.echo(summary.describe())
-    if summary.failed and not summary.done:
-        sys.exit(1)
+    if summary.aborted:
+        sys.exit(EXIT_ABORTED)
+    if summary.failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _read_only(folder) -> str:
+    """Why indexing cannot write in an existing library folder (a read-only disk or no permission), or ""."""
+    import os
+
+    if not folder.is_dir():
+        return ""
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        why = "is on a read-only disk"
+    elif not os.access(folder, os.W_OK):
+        why = "is not writable by this user"
+    else:
+        return ""
+    return (f"The library folder {folder} {why}: indexing cannot save anything there. Make it writable (remount "
+            "the disk read-write, or fix its permissions) or choose another --library folder; then run again.")
 
 
 def _library_videos(services) -> list[str]:
@@ -107,9 +148,21 @@ def _format_status(report: dict) -> str:
     lines = [f"Library: {report['library']}",
              f"{report['counts'].get('indexed', 0)} indexed, {report['counts'].get('failed', 0)} failed, "
              f"{report['moments']} moments"]
+    job = report.get("last_job")
+    if job and job["status"] == "running":
+        lines.append(f"Indexing now ({job.get('holder') or 'a run'}): {job['files_done']} of {job['files_total']} "
+                     f"files done.")
+    elif job and job["status"] in ("interrupted", "aborted"):
+        import time
+
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["finished_at"] or job["created_at"]))
+        lines.append(f"The last indexing run was {job['status']} at {when} ({job['files_done']} of "
+                     f"{job['files_total']} files done); the next `sightline index` resumes it.")
     for v in report["videos"]:
         dur = format_time(v["duration"], 0) if v.get("duration") else "?"
         line = f"  [{v['id']}] {v['status']:<9} {dur:>8}  {v['path']}"
+        if v["status"] == "interrupted":
+            line += "\n        interrupted — will resume on the next `sightline index`"
         if v.get("error"):
             line += f"\n        error: {v['error']}"
         if v.get("notes"):

@@ -335,6 +335,17 @@ def progress_html(p: lv.Progress, rows: list[lv.VideoRow], worker: IndexWorker) 
                 parts.append(f"<p class='note'>{html.escape(r.name)}: {html.escape(done or 'starting')}</p>")
         if worker.pending():
             parts.append(f"<p class='note'>{worker.pending()} more request(s) queued.</p>")
+    elif p.status in (lv.INTERRUPTED, "aborted"):  # no bar at 100%: it stopped part way
+        import time
+
+        pct = 100 * p.fraction
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.ended_at)) if p.ended_at else "?"
+        parts.append(f'<div class="progress-bar" data-percent="{pct:.1f}"><div style="width:{pct:.1f}%"></div></div>'
+                     f"<p>Last indexing run: <b>{html.escape(p.status)}</b> at {when}, {p.files_done} of "
+                     f"{p.files_total} files done. Its unfinished videos resume with the next indexing.</p>")
+        for r in rows:
+            if r.status == lv.INTERRUPTED:
+                parts.append(f"<p class='note'>{html.escape(r.name)}: {html.escape(lv.INTERRUPTED_TEXT)}</p>")
     elif p.status != "idle":
         parts.append('<div class="progress-bar" data-percent="100.0"><div style="width:100%"></div></div>'
                      f"<p>Last indexing run: <b>{html.escape(p.status)}</b>, {p.files_done} of {p.files_total} files "

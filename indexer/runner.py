@@ -7,6 +7,10 @@
   resumes at the first stage without a done mark: no duplicate and no missing moments.
 - Per-file errors land in `videos.error`; a bad file never stops the others or touches what is indexed.
 - One run per library at a time (`Library.indexing_lock`): a second is refused, saying which run holds it.
+  The lock also tells readers whether a "running" job is alive; a run starts by marking dead jobs and their
+  "indexing" videos interrupted and takes up every file they left unfinished. Ctrl-C stops the running stages
+  at their next progress report and ends the job "interrupted" (`IndexInterrupted`); a full disk or read-only
+  library fails the file at hand and stops the run (`summary.aborted`), the rest left to resume.
 - Speed: a video's stages run at once, each as soon as what it needs is done: the one decode pass of `shots`,
   `speech` beside it, and on-screen text following the pass sample by sample (`FOLLOWS`); then visual moments
   over the cached frames. Wall time and media seconds per (video, stage) go to `stage_runs`; the ETA reads the
@@ -15,6 +19,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -75,6 +80,9 @@ class IndexSummary:
     media_s: float = 0.0
     wall_s: float = 0.0
     notes: dict[str, str] = field(default_factory=dict)
+    aborted: str = ""  # why the run stopped before its end (disk full, read-only library, Ctrl-C); "" when it did not
+    left: list[str] = field(default_factory=list)  # files not finished when it stopped: the next run resumes them
+    resumed: int = 0  # files an earlier run left unfinished (killed, interrupted, aborted) that this run took up
     not_videos: list[tuple[str, str]] = field(default_factory=list)  # (path, why) found in a folder, not indexed
 
     @property
@@ -96,12 +104,68 @@ class IndexSummary:
             more = f" and {len(self.not_videos) - 5} more" if len(self.not_videos) > 5 else ""
             lines.append(f"  skipped {len(self.not_videos)} file(s) with a video extension that are not videos: "
                          f"{names}{more}.")
+        if self.resumed:
+            lines.append(f"  resumed {self.resumed} file(s) an earlier run left unfinished.")
+        if self.aborted:
+            lines.append(f"Stopped: {self.aborted}")
+            if self.left:
+                lines.append(f"  {len(self.left)} file(s) not finished; the next `sightline index` resumes them.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"done": self.done, "unchanged": self.unchanged, "failed": [list(f) for f in self.failed],
                 "missing": self.missing, "media_s": self.media_s, "wall_s": self.wall_s, "notes": self.notes,
+                "aborted": self.aborted, "left": self.left, "resumed": self.resumed,
                 "not_videos": [list(f) for f in self.not_videos]}
+
+
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; it ended cleanly (job "interrupted", videos true) and `summary` says how far it got."""
+
+    def __init__(self, summary: IndexSummary):
+        super().__init__("indexing interrupted")
+        self.summary = summary
+
+
+class _Cancelled(Exception):
+    """Raised inside a running stage (through its progress callback) once Ctrl-C stopped the run."""
+
+
+class ResourceFailure(SightlineError):
+    """The library cannot take more writes (disk full, read-only, no permission): the run stops after this file."""
+
+
+# How a ResourceFailure's message starts: a file failed this way is taken up again by the next run, whatever it is given.
+RESOURCE_MESSAGES = ("The disk holding the library", "The library folder", "No permission to write in the library")
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def resource_failure(err: BaseException, library) -> ResourceFailure | None:
+    """The disk-full / read-only / permission problem behind err (its causes included), as a message that says
+    what to free or fix; None for any other error."""
+    where = library.folder
+    again = "then run `sightline index` again: what is indexed stays, the rest resumes."
+    seen = 0
+    while err is not None and seen < 8:
+        seen += 1
+        text = str(getattr(err, "orig", None) or err).lower()
+        code = getattr(err, "errno", None) if isinstance(err, OSError) else None
+        if code in _FULL or "database or disk is full" in text or "no space left on device" in text:
+            return ResourceFailure(
+                f"The disk holding the library ({where}) is full.",
+                hint=f"Free space on it (the library's cache/ folder of frame caches can be deleted safely), or "
+                f"move the library with --library; {again}")
+        if code == errno.EROFS or "readonly database" in text or "read-only file system" in text:
+            return ResourceFailure(f"The library folder {where} is read-only.",
+                                   hint=f"Make its disk writable (remount it read-write) or choose another "
+                                   f"--library folder; {again}")
+        if code in (errno.EACCES, errno.EPERM) and str(getattr(err, "filename", "") or "").startswith(str(where)):
+            return ResourceFailure(f"No permission to write in the library folder {where} ({err.filename}).",
+                                   hint=f"Give this user write access to the folder (chown/chmod), or choose "
+                                   f"another --library folder; {again}")
+        err = err.__cause__ or err.__context__
+    return None
+
 
 
 # --- planning ---------------------------------------------------------------------------------------------------
@@ -215,6 +279,14 @@ def _mark_missing(library, roots: list[Path], present: set[str]) -> list[str]:
     return library.write(fn)
 
 
+def _unreadable(path: Path, err: OSError) -> str:
+    """The message of a video file that cannot be read, saying what to fix."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (f"{path.name}: cannot read the file (permission denied). Give this user read access "
+                f"(chmod a+r '{path}') or run Sightline as a user who can read it, then index again.")
+    return f"{path.name}: cannot read the file ({err.strerror})."
+
+
 def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | str:
     """Register the file and work out which stages still need to run; a string is an error message."""
     try:
@@ -222,7 +294,7 @@ def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | 
         size = path.stat().st_size
     except OSError as err:
         fp, size = None, None
-        error = f"{path.name}: cannot read the file ({err.strerror})."
+        error = _unreadable(path, err)
     else:
         error = None
 
@@ -357,6 +429,7 @@ class _Progress:
         self.shown = 0.0  # the largest share of the current file reported so far
         self.last_within = 0.0
         self.lock = threading.Lock()
+        self.cancelled = threading.Event()  # Ctrl-C: running stages stop at their next progress report
         self.weights = _stage_weights(library)
         self.history_rate = _history_rate(library)  # wall seconds per media second, from earlier runs
         self.bar = None
@@ -396,7 +469,10 @@ class _Progress:
         return self.shown
 
     def within(self, index: int, path: str, stage: str, t: float, duration: float) -> None:
-        """A running stage has reached media time t (of duration): move the bar, at most every PROGRESS_EVERY_S."""
+        """A running stage has reached media time t (of duration): move the bar, at most every PROGRESS_EVERY_S.
+        After Ctrl-C it raises instead: the stage's decode, transcription or ffmpeg stops there."""
+        if self.cancelled.is_set():
+            raise _Cancelled("indexing interrupted")
         if duration <= 0:
             return
         with self.lock:
@@ -418,9 +494,11 @@ class _Progress:
             self.partial = self.shown = 0.0
             self.running.clear()
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """End the bar: at 100% only when the run finished (an interrupted or aborted run shows where it stopped)."""
         if self.bar is not None:
-            self.bar.n = round(self.media_total, 1)
+            if complete:
+                self.bar.n = round(self.media_total, 1)
             self.bar.refresh()
             self.bar.close()
 
@@ -459,33 +537,56 @@ def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: 
     started = time.time()
     files, roots = collect(paths)
     summary = IndexSummary()
+    try:
+        leftovers = _repair_stale(library)  # we hold the lock: whatever is "running" or "indexing" is dead
+    except Exception as err:  # noqa: BLE001 - a full or read-only library: say so, as a run that stopped
+        problem = resource_failure(err, library)
+        if problem is None:
+            raise
+        summary.aborted, summary.left = problem.user_text(), [str(f) for f in files]
+        return summary
     files = _keep_videos(library, paths, files, summary)
+    given = set(files)
+    resumed = [Path(p) for p in leftovers if Path(p) not in given]
+    files += resumed
+    summary.resumed = len([p for p in leftovers if Path(p) in given]) + len(resumed)
     summary.missing = _mark_missing(library, roots, {str(f) for f in files})
     job_id = library.write(lambda s: _new_job(s, len(files)))
     plans: list[tuple[Path, VideoJob | None, list]] = []
-    for path in files:
-        prepared = _prepare(library, path, ctx)
-        if isinstance(prepared, str):
-            summary.failed.append((str(path), prepared))
-            continue
-        video, pending = prepared
-        if not pending:
-            summary.unchanged.append(str(path))
-            continue
-        plans.append((path, video, pending))
-    media_total = sum(_known_duration(library, v.id) or _quick_duration(v) for _, v, _ in plans)
-
-    def set_totals(s):
-        job = s.get(Job, job_id)
-        job.files_total, job.media_seconds_total = len(plans), media_total
-
-    library.write(set_totals)
-    progress = _Progress(library, job_id, len(plans), media_total, on_progress, show_progress)
+    progress: _Progress | None = None
     status = "done"
+    abort: list[ResourceFailure] = []  # set once the library cannot take more writes: the run stops
+    i = 0
     try:
+        for path in files:
+            prepared = _prepare(library, path, ctx)
+            if isinstance(prepared, str):
+                summary.failed.append((str(path), prepared))
+                continue
+            video, pending = prepared
+            if not pending:
+                summary.unchanged.append(str(path))
+                continue
+            plans.append((path, video, pending))
+        media_total = sum(_known_duration(library, v.id) or _quick_duration(v) for _, v, _ in plans)
+
+        def set_totals(s):
+            job = s.get(Job, job_id)
+            job.files_total, job.media_seconds_total = len(plans), media_total
+
+        library.write(set_totals)
+        progress = _Progress(library, job_id, len(plans), media_total, on_progress, show_progress)
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="sightline-stage") as pool:
             for i, (path, video, pending) in enumerate(plans, start=1):
-                error = _index_one(library, ctx, video, pending, pool, progress, i)
+                try:
+                    error = _index_one(library, ctx, video, pending, pool, progress, i, abort)
+                except Exception as err:  # noqa: BLE001 - a write of the runner's own failed: full disk?
+                    problem = resource_failure(err, library)
+                    if problem is None:
+                        raise
+                    abort.append(problem)
+                    error = problem.user_text()
+                    _try_set_status(library, video.id, FAILED, error)
                 duration = video.info.duration if video.info else 0.0
                 progress.file_done(duration)
                 if error:
@@ -495,21 +596,71 @@ def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: 
                     summary.done.append(str(path))
                     summary.media_s += duration
                     progress.emit(i, str(path), "", "done")
+                if abort:  # the next files would fail the same way: they stay as they are, to resume later
+                    status = "aborted"
+                    summary.aborted = abort[0].user_text()
+                    summary.left = [str(p) for p, _, _ in plans[i:]]
+                    break
                 _job_progress(library, job_id, i, progress.media_done)
-    except BaseException:
+    except KeyboardInterrupt:
         status = "interrupted"
-        raise
+        summary.aborted = "interrupted (Ctrl-C)."
+        summary.left = [str(p) for p, _, _ in plans[max(0, i - 1):]
+                        if str(p) not in summary.done and str(p) not in dict(summary.failed)]
+    except BaseException as err:
+        status = "interrupted"
+        problem = resource_failure(err, library) if isinstance(err, Exception) else None
+        if problem is None:
+            raise
+        status, summary.aborted = "aborted", problem.user_text()  # registering the files filled the disk
+        summary.left = [str(p) for p, _, _ in plans]
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close(complete=status == "done")
         summary.wall_s = time.time() - started
-        library.write(lambda s: _finish_job(s, job_id, status))
-    summary.notes = _collect_notes(library, summary.done)
+        try:
+            library.write(lambda s: _finish_job(s, job_id, status))
+        except Exception as err:  # noqa: BLE001 - a full disk may refuse even this; readers see no live holder
+            log.warning("could not mark job %s %s: %s", job_id, status, err)
+    if status == "interrupted":
+        raise IndexInterrupted(summary)
+    try:
+        summary.notes = _collect_notes(library, summary.done)
+    except Exception as err:  # noqa: BLE001 - notes are a nicety
+        log.warning("could not read notes: %s", err)
     return summary
 
 
+def _repair_stale(library) -> list[str]:
+    """Under the lock, before a run: jobs still "running" were killed (mark them interrupted, with when) and
+    videos still "indexing" were cut off (mark them interrupted). Returns the files (still on disk) that an
+    earlier run left unfinished (interrupted or pending): this run resumes them."""
+    from storage.catalog import INTERRUPTED, _last_sign_of_life
+
+    def fn(s):
+        for job in s.scalars(select(Job).where(Job.status == "running")).all():
+            job.status, job.finished_at = "interrupted", _last_sign_of_life(s, job)
+        for v in s.scalars(select(Video).where(Video.status == INDEXING)).all():
+            v.status = INTERRUPTED
+        rows = s.execute(select(Video.path, Video.status, Video.error).where(
+            Video.status.in_((INTERRUPTED, PENDING, FAILED))).order_by(Video.id)).all()
+        return [p for p, st, err in rows if st != FAILED or (err or "").startswith(RESOURCE_MESSAGES)]
+
+    return [p for p in library.write(fn) if Path(p).is_file()]
+
+
+def _try_set_status(library, video_id: int, status: str, error: str | None = None) -> None:
+    try:
+        _set_status(library, video_id, status, error)
+    except Exception as err:  # noqa: BLE001 - a full disk may refuse even this small write
+        log.warning("could not mark video %s %s: %s", video_id, status, err)
+
+
 def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool, progress: _Progress,
-               i: int) -> str | None:
-    """Run a video's pending stages; return the error message or None."""
+               i: int, abort: list | None = None) -> str | None:
+    """Run a video's pending stages; return the error message or None. A disk-full (or read-only) failure goes
+    into `abort`: no further stage starts and the file's error is that message."""
+    abort = [] if abort is None else abort
     _set_status(library, video.id, INDEXING)
     errors: list[str] = []
     errors_lock = threading.Lock()
@@ -523,12 +674,21 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
         except UpstreamFailed as err:  # the stage it follows failed and reports the error itself
             progress.emit(i, video.path, stage.NAME, "failed", err.user_text())
             return False
-        except SightlineError as err:
-            with errors_lock:
-                errors.append(err.user_text() if stage.NAME == "probe" else f"{stage.NAME}: {err.user_text()}")
-            progress.emit(i, video.path, stage.NAME, "failed", err.user_text())
-            return False
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the library; the log has the trace
+            if progress.cancelled.is_set():  # stopped by Ctrl-C, not failed: the next run redoes this stage
+                return False
+            problem = resource_failure(err, library)
+            if problem is not None:  # the library's disk, not the file: stop the run after this file
+                log.info("stage %s on %s stopped: %s", stage.NAME, video.path, getattr(err, "orig", None) or err)
+                with errors_lock:
+                    abort.append(problem)
+                progress.emit(i, video.path, stage.NAME, "failed", problem.user_text())
+                return False
+            if isinstance(err, SightlineError):
+                with errors_lock:
+                    errors.append(err.user_text() if stage.NAME == "probe" else f"{stage.NAME}: {err.user_text()}")
+                progress.emit(i, video.path, stage.NAME, "failed", err.user_text())
+                return False
             log.exception("stage %s failed on %s", stage.NAME, video.path)
             with errors_lock:
                 errors.append(f"{stage.NAME}: internal error: {type(err).__name__}: {err}")
@@ -561,6 +721,12 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
     running: dict = {}
     try:
         while waiting or running:
+            if abort:  # the library cannot take more writes: start nothing more
+                for st in waiting:
+                    failed.add(st.NAME)
+                    if st.NAME == "shots":
+                        _end_frames(video, "the library's disk is full")
+                waiting.clear()
             for st in list(waiting):
                 needs, follows = st.NEEDS, getattr(st, "FOLLOWS", ())
                 if any(n in failed for n in (*needs, *follows)):
@@ -581,10 +747,22 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
                 (finished if fut.result() else failed).add(st.NAME)
                 if st.NAME == "shots":
                     _end_frames(video, "the decode pass stopped")
+    except KeyboardInterrupt:
+        progress.cancelled.set()  # running stages stop at their next progress report (what finished commits)
+        _cancel_feed(video)
+        raise
     finally:
         _end_frames(video, "indexing stopped")  # never leave speech or a follower of the pass waiting
         for fut in running:
             fut.result()
+    if abort:
+        message = abort[0].user_text()
+        try:
+            drop_frames(video, ctx)  # frees the space the frame cache took; the next run decodes again
+        except Exception:  # noqa: BLE001
+            log.warning("could not drop the frame cache of %s", video.path)
+        _try_set_status(library, video.id, FAILED, message)
+        return message
     drop_frames(video, ctx)  # failed too: the cache is large, and a re-run decodes again (frames.ensure_frames)
     if errors:
         message = "; ".join(errors)
@@ -592,6 +770,16 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
         return message
     _set_status(library, video.id, INDEXED)
     return None
+
+
+def _cancel_feed(video: VideoJob) -> None:
+    """Ctrl-C: followers of the decode pass stop at their next sample, even when the pass itself had finished."""
+    feed = video.feed
+    if feed is None:
+        return
+    with feed._cond:  # SampleFeed.fail is a no-op once the pass finished; readers check _error at every sample
+        feed._error, feed._ended = "indexing interrupted", True
+        feed._cond.notify_all()
 
 
 def _end_frames(video: VideoJob, why: str) -> None:
@@ -631,6 +819,11 @@ def _job_progress(library, job_id: int, files_done: int, media_done: float) -> N
 def _finish_job(s, job_id: int, status: str) -> None:
     job = s.get(Job, job_id)
     job.status, job.finished_at = status, time.time()
+    if status != "done":  # cut off part way: no video stays "indexing" (we hold the lock: they are all ours)
+        from storage.catalog import INTERRUPTED
+
+        for v in s.scalars(select(Video).where(Video.status == INDEXING)).all():
+            v.status = INTERRUPTED
 
 
 def _collect_notes(library, paths: list[str]) -> dict[str, str]:

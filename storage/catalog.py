@@ -45,7 +45,9 @@ class Progress:
     media_total: float = 0.0
     media_done: float = 0.0
     elapsed: float = 0.0
-    status: str = "idle"
+    status: str = "idle"  # the job's: running | done | interrupted | aborted (a running job whose process is gone: interrupted)
+    ended_at: float | None = None  # when it finished, or (interrupted) its last sign of life
+    holder: str | None = None  # the live run holding the indexing lock ("process 123, started ...")
 
     @property
     def fraction(self) -> float:
@@ -62,14 +64,30 @@ class Progress:
         return max(0.0, (self.media_total - self.media_done) / speed)
 
 
+INTERRUPTED = "interrupted"  # a video whose run stopped part way (Ctrl-C, or its process is gone); it resumes
+INTERRUPTED_TEXT = "interrupted — will resume"
+
+
+def shown_status(status: str, alive: bool) -> str:
+    """A video's status as readers show it: "indexing" with no live run behind it is "interrupted"."""
+    return INTERRUPTED if status == INDEXING and not alive else status
+
+
+def _last_sign_of_life(s, job) -> float:
+    """A killed job's last committed work: its latest stage mark, else its start."""
+    last = s.scalar(select(func.max(StageRun.finished_at)).where(StageRun.finished_at >= job.created_at))
+    return max(job.created_at, last or 0.0)
+
+
 def videos(library) -> list[VideoRow]:
     """Every video with its state, error, moment count and finished stages."""
+    alive = library.indexing_holder() is not None
     with library.read() as s:
         counts = dict(s.execute(select(Moment.video_id, func.count(Moment.id)).group_by(Moment.video_id)).all())
         stages: dict[int, list[tuple[str, str]]] = {}
         for run in s.scalars(select(StageRun).order_by(StageRun.finished_at)).all():
             stages.setdefault(run.video_id, []).append((run.stage, run.status))
-        return [VideoRow(v.id, v.path, v.status, v.duration, int(counts.get(v.id, 0)), v.error, v.notes,
+        return [VideoRow(v.id, v.path, shown_status(v.status, alive), v.duration, int(counts.get(v.id, 0)), v.error, v.notes,
                          stages.get(v.id, []), library.path_of(v.proxy) if v.proxy else None)
                 for v in s.scalars(select(Video).order_by(Video.id)).all()]
 
@@ -81,10 +99,14 @@ def progress(library, now: float | None = None) -> Progress:
         job = s.scalars(select(Job).order_by(Job.id.desc()).limit(1)).first()
         if job is None:
             return Progress(running=False)
-        end = job.finished_at or now
-        return Progress(running=job.status == "running", job_id=job.id, files_total=job.files_total, files_done=job.files_done,
+        status, ended = job.status, job.finished_at
+        holder = library.indexing_holder() if status == "running" else None
+        if status == "running" and holder is None:  # killed (-9, a crash, power): nothing will finish it
+            status, ended = INTERRUPTED, _last_sign_of_life(s, job)
+        end = ended or now
+        return Progress(running=status == "running", job_id=job.id, files_total=job.files_total, files_done=job.files_done,
                         media_total=job.media_seconds_total, media_done=job.media_seconds_done,
-                        elapsed=max(0.0, end - job.created_at), status=job.status)
+                        elapsed=max(0.0, end - job.created_at), status=status, ended_at=ended, holder=holder)
 
 
 def counts(rows: list[VideoRow]) -> dict[str, int]:
@@ -185,7 +207,7 @@ def remove(library, video_id: int) -> str:
     return path
 
 
-STATUS_ORDER = (INDEXING, "pending", INDEXED, FAILED, "missing")
+STATUS_ORDER = (INDEXING, INTERRUPTED, "pending", INDEXED, FAILED, "missing")
 
 
 def moments_of(library, video_id: int, limit: int = 300) -> list[dict]:
@@ -213,10 +235,13 @@ def rerun_command(library) -> str:
 
 
 def videos_to_rerun(library) -> list[str]:
-    """Paths (still on disk) of the videos with a stage marked for a re-run, as an upgrade leaves them."""
+    """Paths (still on disk) of the videos with a stage marked for a re-run, as an upgrade leaves them, and of
+    the videos a killed or interrupted run left part way (the UI resumes both when it starts)."""
     with library.read() as s:
         paths = s.scalars(select(Video.path).join(StageRun, StageRun.video_id == Video.id)
                           .where(StageRun.status.not_in(FINISHED_MARKS)).distinct().order_by(Video.path)).all()
+        if library.indexing_holder() is None:  # and those a killed or interrupted run left part way
+            paths = sorted({*paths, *s.scalars(select(Video.path).where(Video.status.in_((INDEXING, INTERRUPTED))))})
     return [p for p in paths if Path(p).is_file()]
 
 
@@ -224,8 +249,12 @@ def status_report(library) -> dict:
     """Everything `sightline status --json` prints: counts, every video with its stages, the last job, and
     which stages the next `sightline index` re-runs and why (`reruns`, per video and in all)."""
     reruns: dict[int, dict[str, str]] = {}
+    holder = library.indexing_holder()
+    alive = holder is not None
     with library.read() as s:
-        counts = dict(s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all())
+        counts: dict[str, int] = {}
+        for st, n in s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all():
+            counts[shown_status(st, alive)] = counts.get(shown_status(st, alive), 0) + n
         moments = dict(s.execute(select(Moment.modality, func.count(Moment.id)).group_by(Moment.modality)).all())
         per_video = dict(s.execute(select(Moment.video_id, func.count(Moment.id)).group_by(Moment.video_id)).all())
         stages: dict[int, dict] = {}
@@ -236,7 +265,7 @@ def status_report(library) -> dict:
             if r.status not in FINISHED_MARKS:
                 reruns.setdefault(r.video_id, {})[r.stage] = r.message or f"its last run is marked {r.status}"
         videos = [{
-            "id": v.id, "path": v.path, "status": v.status, "duration": v.duration, "fps": v.fps,
+            "id": v.id, "path": v.path, "status": shown_status(v.status, alive), "duration": v.duration, "fps": v.fps,
             "width": v.width, "height": v.height, "has_audio": v.has_audio, "error": v.error, "notes": v.notes,
             "moments": per_video.get(v.id, 0), "stages": stages.get(v.id, {}), "indexed_at": v.indexed_at,
             "reruns": reruns.get(v.id, {}),
@@ -246,7 +275,9 @@ def status_report(library) -> dict:
             "id": job.id, "status": job.status, "files_total": job.files_total, "files_done": job.files_done,
             "media_seconds_total": job.media_seconds_total, "media_seconds_done": job.media_seconds_done,
             "created_at": job.created_at,
-            "finished_at": job.finished_at}
+            "finished_at": job.finished_at, "holder": holder if job.status == "running" else None}
+        if job is not None and job.status == "running" and not alive:  # its process is gone: killed
+            last_job.update(status=INTERRUPTED, finished_at=_last_sign_of_life(s, job))
     by_stage: dict[str, int] = {}
     for stages_of_video in reruns.values():
         for stage in stages_of_video:

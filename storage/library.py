@@ -135,6 +135,10 @@ def _refuse_lost_database(folder: Path) -> None:
         raise lost_database_error(db, "missing" if not db.exists() else "empty (0 bytes)")
 
 
+class IndexingBusy(SightlineError):
+    """An indexing run cannot start: another run holds the lock, or the library folder cannot be written."""
+
+
 def _refuse_lost_database_schema(lib: Library) -> None:
     """An SQLite file with no Sightline tables where vectors or thumbnails exist (emptied, or replaced)."""
     from sqlalchemy import inspect
@@ -293,6 +297,29 @@ class Library:
 
     # --- one indexing run at a time ----------------------------------------------------------------------------
 
+    def indexing_holder(self) -> str | None:
+        """Who holds the indexing lock now ("process 123, started ..."), or None when no run is alive.
+
+        A cheap, non-blocking probe (LOCK_SH|LOCK_NB on the lock file): a job row still marked running whose
+        holder is gone was killed, and readers show it as interrupted."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock, so no way to tell; trust the job rows
+            return "a run (liveness unknown on this system)"
+        try:
+            f = open(self.folder / LOCK_NAME)
+        except OSError:  # no lock file: no run has ever held it
+            return None
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "another process"
+            except OSError:
+                return None
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return None
+
     @contextmanager
     def indexing_lock(self) -> Iterator[None]:
         """Held by one indexing run per library folder, across processes (the CLI beside the UI, a cron job).
@@ -307,13 +334,20 @@ class Library:
             yield
             return
         path = self.folder / LOCK_NAME
-        with open(path, "a+") as f:
+        try:
+            lock_file = open(path, "a+")
+        except OSError as err:  # a read-only library folder (or disk), or one we may not write to
+            raise IndexingBusy(
+                f"Cannot write in the library folder {self.folder}: {err.strerror}.",
+                hint="Make the folder writable (a read-only disk, or its permissions), free space on its disk, "
+                "or choose another --library folder; then run again.") from None
+        with lock_file as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "another process"
-                raise SightlineError(
+                raise IndexingBusy(
                     f"Another indexing run is working on this library ({holder}).",
                     hint="Wait for it to finish (`sightline status` shows its progress) or stop it, then run "
                     "again; nothing indexed is lost either way.") from None
@@ -324,8 +358,11 @@ class Library:
                 f.flush()
                 yield
             finally:
-                f.seek(0)
-                f.truncate()
+                try:
+                    f.seek(0)
+                    f.truncate()
+                except OSError:  # the disk went read-only or full mid-run: the lock still goes
+                    pass
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # --- vectors (FAISS, derived from the embeddings table) ----------------------------------------------------

@@ -107,9 +107,12 @@ def test_progress_reads_the_job_table_with_an_eta(library):
     assert lv.progress(library).running is False
     library.write(lambda s: s.add(Job(created_at=1000.0, status="running", files_total=4, files_done=1,
                                       media_seconds_total=400.0, media_seconds_done=100.0)))
-    p = lv.progress(library, now=1050.0)
+    with library.indexing_lock():  # a live run holds the lock
+        p = lv.progress(library, now=1050.0)
     assert p.running and p.fraction == pytest.approx(0.25)
     assert p.eta_seconds == pytest.approx(150.0)  # 100 media s in 50 s -> 300 left at 2x
+    gone = lv.progress(library, now=1050.0)  # no process holds the lock: the "running" job was killed
+    assert (gone.running, gone.status, gone.ended_at) == (False, "interrupted", 1000.0)
 
 
 def test_relevance_series_takes_the_best_score_per_time_bin():
