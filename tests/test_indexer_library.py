@@ -204,6 +204,10 @@ def test_bad_files_fail_clearly_and_good_ones_index(corrupt_library):
         assert video["status"] == "indexed" and video["error"] is None and video["moments"] > 0, video
     assert "no audio track" in _video(report, "no_audio.mp4")["notes"]
     assert report["counts"] == {"indexed": 2, "failed": 3}
+    # no frame cache stays behind, for the failed files (truncated_data.mp4 failed part way through its decode
+    # pass) as for the indexed ones
+    frames = lib / "cache" / "frames"
+    assert not frames.exists() or not any(frames.iterdir()), sorted(p.name for p in frames.iterdir())
 
 
 def test_incremental_skips_unchanged_reindexes_changed_and_marks_missing(corrupt_library, tmp_path, media):
