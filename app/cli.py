@@ -10,6 +10,7 @@ from functools import wraps
 import click
 
 from app.settings import help_of, load_settings
+from storage import validate
 from storage.errors import SightlineError
 
 log = logging.getLogger("sightline")
@@ -35,13 +36,28 @@ def _user_errors(fn):
     return wrapper
 
 
+class _PathText(click.Path):
+    """click.Path that first checks the text (storage/validate.py): a NUL, bytes that are not UTF-8 or a name
+    over 255 bytes is a usage error with its reason, not a ValueError from os.stat."""
+
+    def convert(self, value, param, ctx):
+        try:
+            validate.path_text(value, "library folder" if param is not None and param.name == "library" else "path")
+        except SightlineError as err:
+            self.fail(err.user_text(), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--library", type=click.Path(file_okay=False), default=None, help=help_of("library"),
+@click.option("--library", type=_PathText(file_okay=False), default=None, help=help_of("library"),
               envvar="SIGHTLINE_LIBRARY", show_envvar=True)
 @click.pass_context
 def cli(ctx: click.Context, library: str | None) -> None:
     """Sightline: index a folder of long videos, then search and ask questions about them."""
-    ctx.obj = load_settings(library=library)
+    try:  # outside any command's _user_errors: a bad SIGHTLINE_* value is one clean line too
+        ctx.obj = load_settings(library=library)
+    except SightlineError as err:
+        raise click.ClickException(err.user_text()) from None
 
 
 def _services(ctx: click.Context):
@@ -59,7 +75,7 @@ EXIT_ABORTED = 4  # the run stopped before its end: disk full, read-only library
 @cli.command(epilog="Exit codes: 0 all indexed or unchanged; 3 some files failed (the others are indexed); "
              "4 aborted (disk full, read-only library, interrupted, or another run holds the library's lock), "
              "the next run resumes; 1 any other error.")
-@click.argument("paths", nargs=-1, type=click.Path())
+@click.argument("paths", nargs=-1, type=_PathText())
 @click.option("--captions/--no-captions", default=None, help=help_of("captions"))
 @click.pass_context
 @_user_errors
@@ -191,6 +207,7 @@ def search(ctx: click.Context, query: str, k: int, modality: tuple[str, ...], vi
     """Find moments by what is said, shown or written on screen."""
     from storage.timefmt import format_time
 
+    validate.require_searchable(validate.query_text(query))  # before the text embedder loads
     hits = _services(ctx).search(query, k=k, modalities=list(modality) or None, video=video)
     for h in hits:
         if as_json:
@@ -212,6 +229,7 @@ def ask(ctx: click.Context, question: str, video: str | None, as_json: bool) -> 
     """Ask a question; the answer cites moments (video, start, end) as evidence."""
     from storage.timefmt import format_time
 
+    validate.require_searchable(validate.query_text(question, "question"), "question")  # before any model loads
     result = _services(ctx).ask(question, video=video)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
@@ -257,9 +275,37 @@ def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, a
     from dataclasses import replace
 
     settings = replace(ctx.obj, **{k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v})
+    _check_listen(settings.host, port if port is not None else settings.port)
     from app.ui import launch
 
     launch(settings, share=share)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """The address the UI will bind, checked before Gradio starts (its own errors are tracebacks or a
+    misleading "Cannot find empty port"): a port from 1 to 65535, a host this machine has, the port free."""
+    import socket
+
+    validate.count(port, "The port", 1, 65535)
+    host = validate.text(host, "host", max_chars=253, hint="Use an address such as 127.0.0.1 or 0.0.0.0.").strip()
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as err:
+        raise SightlineError(f"Cannot serve on host {validate.shown(host)}: {getattr(err, 'strerror', None) or err}.",
+                             hint="Use 127.0.0.1 (this machine only), 0.0.0.0 (your network) or an address "
+                             "of this machine.") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            import errno
+
+            hint = ("Another program (or another `sightline serve`) holds the port: choose another with --port "
+                    "or SIGHTLINE_PORT." if err.errno == errno.EADDRINUSE else
+                    "Use an address of this machine with --host (127.0.0.1 or 0.0.0.0), or a port above 1023 "
+                    "when not root.")
+            raise SightlineError(f"Cannot listen on {host}:{port}: {err.strerror or err}.", hint=hint) from None
 
 
 def main() -> None:

@@ -62,13 +62,35 @@ class Settings:
         return Path(self.library).expanduser()
 
 
-def _coerce(value: str, default: object) -> object:
-    if isinstance(default, bool):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _coerce(value: str, default: object, name: str = "") -> object:
+    """An environment value as the setting's type; a value that is not one is a SightlineError naming it."""
+    import math
+
+    from storage.errors import SightlineError
+
+    kind = "true or false" if isinstance(default, bool) else type(default).__name__
+    try:
+        if isinstance(default, bool):
+            word = value.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(value)
+            return word in _TRUE
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
+    except ValueError:
+        shown = repr(value[:60] + ("…" if len(value) > 60 else ""))
+        want = {"true or false": f"one of {', '.join(_TRUE + _FALSE)}", "int": "a whole number",
+                "float": "a number"}[kind]
+        raise SightlineError(f"SIGHTLINE_{name.upper()}={shown} is not {want}.",
+                             hint=f"Set it to {want} (default {default!r}), or unset it.") from None
     return value
 
 
@@ -80,7 +102,7 @@ def load_settings(environ: dict | None = None, **overrides) -> Settings:
         value = default
         raw = env.get(f"SIGHTLINE_{name.upper()}")
         if raw not in (None, ""):
-            value = _coerce(raw, default) if default is not None else raw
+            value = _coerce(raw, default, name) if default is not None else raw
         if overrides.get(name) is not None:
             value = overrides[name]
         values[name] = value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import os
 import queue
 import shutil
@@ -28,6 +29,7 @@ import gradio as gr
 from indexer.media import VIDEO_EXTENSIONS
 from storage import catalog as lv
 from app.settings import Settings
+from storage import validate
 from storage.errors import SightlineError
 from storage.timefmt import format_time
 
@@ -547,7 +549,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
     def add_path(text):
         if not allow_server_paths:
             raise SightlineError("Adding folders of this machine is turned off here.", hint="Upload videos instead.")
-        raw = (text or "").strip()
+        raw = validate.path_text(text if text is not None else "").strip()  # text, no NUL, not over 4096
         if not raw:
             raise SightlineError("Type the path of a folder or a video file on this machine.")
         path = Path(raw).expanduser()
@@ -602,17 +604,16 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
 
     @user_errors
     def reindex(video):
+        video = validate.video_id(video, hint="Pick a video of the library to re-index.")
         path = lv.video_path(library, video)  # refuses anything that is not a video of the library
-        lv.remove(library, int(video))
+        lv.remove(library, video)
         worker.submit([str(path)])
         return f"Re-indexing {path.name} in the background."
 
     @user_errors
     def remove(video):
-        text = str(video or "").strip()
-        if not (text.isdigit() and len(text) < 12):
-            raise SightlineError("Pick a video of the library to remove.")
-        path = lv.remove(library, int(video))
+        video = validate.video_id(video, hint="Pick a video of the library to remove.")
+        path = lv.remove(library, video)
         served.sync()
         return f"Removed {Path(path).name} from the library (the file itself is untouched)."
 
@@ -624,7 +625,10 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             ref, start = req.get("video"), float(req.get("start") or 0)
         except (ValueError, TypeError, AttributeError):
             raise SightlineError("The seek request was not understood.") from None
-        play = lv.player_path(library, ref if ref is not None else "")  # the proxy, when the file has one
+        if not math.isfinite(start):
+            raise SightlineError("The seek request was not understood (the time is not a number).")
+        ref = validate.video_id(ref, hint="Click a moment, or a video's name in the Library tab.")
+        play = lv.player_path(library, ref)  # the proxy, when the file has one
         served.sync()
         row = next((r for r in lv.videos(library) if str(r.id) == str(ref).strip()), None)  # ref: an id (checked)
         if row is not None and play == Path(row.path):
@@ -636,15 +640,18 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
 
     @user_errors
     def run_search(query, modalities, scope, playing=None):
+        # the scope: an id from the dropdown, or (typed, or an API caller's) a path or file name; one video id
+        scope = library.video_by_ref(scope).id if scope not in (None, "") else None
+        playing = playing if validate.id_number(playing) == playing else None  # a State: an id or None
         hits = [h.to_dict() for h in services.search(query, k=SEARCH_K, modalities=modalities or None,
-                                                    video=scope or None)]
+                                                    video=str(scope) if scope else None)]
         film = moments_html(hits, "filmstrip", "No moments match. Try other words or fewer filters.")
         timeline = gr.update(value=None, label="Relevance over the video")
         # the timeline is drawn over the chosen video, else the one in the player, else the best hit's
         rows = {r.id: r for r in lv.videos(library)}
         if not scope and playing not in rows:
             playing = None  # removed since it was played
-        video_id = int(scope) if scope else (playing or (hits[0]["video_id"] if hits else None))
+        video_id = scope if scope else (playing or (hits[0]["video_id"] if hits else None))
         if video_id is not None:
             row = rows.get(video_id)
             scoped = [h.to_dict() for h in services.search(query, k=500, modalities=modalities or None,
@@ -658,9 +665,11 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
     def _check_question(question, scope):
         from engine.agent.loop import check_question
 
+        question = validate.require_searchable(validate.query_text(question, "question"), "question")
         q = check_question(question)  # the agent's own rule, checked before the chat shows the question
         if scope:
-            lv.video_path(library, scope)
+            lv.video_path(library, validate.video_id(scope, hint="Pick a video of the library, or the whole "
+                                                                 "library."))
         return q
 
     @user_errors

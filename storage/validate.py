@@ -43,9 +43,12 @@ def text(value: object, what: str, max_chars: int | None = None, hint: str = "")
         raise SightlineError(f"The {what} must be text, not {type(value).__name__}.",
                              hint=hint or "Send a string.")
     bad = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None and "\udc80" <= value[bad] <= "\udcff":  # how Python holds bytes of argv that are not UTF-8
+        raise SightlineError(f"The {what} holds a byte that is not UTF-8 (at character {bad + 1}).",
+                             hint=hint or "Type it again as plain UTF-8 text.")
     if bad is not None:
-        raise SightlineError(f"The {what} is not valid text: character {bad + 1} is not UTF-8 (a lone surrogate "
-                             "or an undecodable byte).", hint=hint or "Type it again as plain UTF-8 text.")
+        raise SightlineError(f"The {what} is not valid text: character {bad + 1} is a lone surrogate "
+                             "that JSON or a broken copy let through).", hint=hint or "Type it again as plain UTF-8 text.")
     if "\x00" in value:
         raise SightlineError(f"The {what} contains a NUL character (\\0).", hint=hint or "Remove it and try again.")
     if max_chars is not None and len(value) > max_chars:
@@ -74,6 +77,9 @@ def searchable(value: str) -> bool:
 
 
 def require_searchable(value: str, what: str = "search query") -> str:
+    """`value` when it holds a letter or digit; else SightlineError: empty, or nothing to search for."""
+    if not value.strip():
+        raise SightlineError(f"The {what} is empty.", hint="Type a few words describing the moment.")
     if not searchable(value):
         raise SightlineError(f"Nothing to search for: the {what} {shown(value)} has no letters or digits.",
                              hint="Search with words: what is said, written on screen or shown.")
@@ -82,7 +88,8 @@ def require_searchable(value: str, what: str = "search query") -> str:
 
 def path_text(value: object, what: str = "path") -> str:
     """A file or folder path as a user gave it: text, no NUL, at most MAX_PATH_CHARS, names at most 255 bytes."""
-    value = text(value, what, hint="Give the path of a file or folder on this machine as plain text.")
+    value = text(value, what, hint="Sightline keeps paths as UTF-8 text: rename a file or folder whose name is "
+                 "in another encoding (convmv does it), or give the path as plain text.")
     if len(value) > MAX_PATH_CHARS:
         raise SightlineError(f"The {what} is {len(value)} characters long; the limit is {MAX_PATH_CHARS}.",
                              hint="Check that the right text was pasted.")
