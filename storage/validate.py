@@ -88,8 +88,13 @@ def require_searchable(value: str, what: str = "search query") -> str:
 
 def path_text(value: object, what: str = "path") -> str:
     """A file or folder path as a user gave it: text, no NUL, at most MAX_PATH_CHARS, names at most 255 bytes."""
-    value = text(value, what, hint="Sightline keeps paths as UTF-8 text: rename a file or folder whose name is "
-                 "in another encoding (convmv does it), or give the path as plain text.")
+    try:
+        value = text(value, what, hint="Give the path of a file or folder on this machine.")
+    except SightlineError as err:
+        if "UTF-8" not in err.message:
+            raise
+        raise SightlineError(err.message, hint="Sightline keeps paths as UTF-8 text: rename a file or folder whose "
+                             "name is in another encoding (convmv does it), or give the path as plain text.") from None
     if len(value) > MAX_PATH_CHARS:
         raise SightlineError(f"The {what} is {len(value)} characters long; the limit is {MAX_PATH_CHARS}.",
                              hint="Check that the right text was pasted.")

@@ -303,3 +303,26 @@ def test_the_search_scope_may_be_a_file_name_or_an_id(handlers):
     assert summary == "No moments found." and "No moments match" in film
     (film, _timeline, summary), _ = _call(handlers["search"], "storm", [], "", ["not", "an", "id"])
     assert "fishermen" in film
+
+
+def test_the_http_api_answers_with_the_message(library_dir):
+    """Through Gradio's real API (gradio_client over HTTP): the caller gets the message itself."""
+    from gradio_client import Client
+
+    from tests.browser.conftest import running_app
+
+    calls = [("/search", ("!!!", [], ""), "Nothing to search for"),
+             ("/search", ("harbour", [], "²"), "No video '²' in this library"),
+             ("/search", ("harbour", [], "a" * 60_000), "no id, path or file name is longer than 4096"),
+             ("/reindex", ("²",), "'²' is not a video id"),
+             ("/add_path", ("/tmp/a\x00b",), "NUL character"),
+             ("/load_moment", ('{"video": "²", "start": 1}',), "'²' is not a video id")]
+    with running_app(library_dir) as (url, _services, _demo):
+        client = Client(url, verbose=False)
+        for api_name, args, words in calls:
+            with pytest.raises(Exception) as err:  # gradio_client's AppError carries the server's message
+                client.predict(*args, api_name=api_name)
+            assert words in str(err.value), (api_name, str(err.value)[:300])
+            assert_clear(str(err.value))
+        film, _timeline, summary = client.predict("storm", [], "street walk.mp4", api_name="/search")
+        assert "fishermen" in film and "moment(s)" in summary
