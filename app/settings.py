@@ -27,6 +27,8 @@ SETTINGS: tuple[tuple[str, object, str], ...] = (
     ("vlm_model", "auto", "Answering model: 'auto' (InternVideo3 on a CUDA GPU, none on CPU), 'none', an id or path."),
     ("quantization", "auto", "'auto', 'nf4', 'int8' or 'bf16'. auto picks nf4 when bf16 does not fit the GPU."),
     ("cache_bytes", 4 * 2**30, "Memory budget for per-video latent caches; older ones spill to the library's disk."),
+    ("cache_disk_bytes", 0, "Disk cap for spilled per-video caches (LRU deleted); 0: min(20 GiB, 10% of free disk)."),
+    ("vlm_revision", "", "Hub commit of the answering model to load; empty: the commit pinned in engine/registry.py."),
     ("agent_steps", 8, "Most tool calls the agent makes before it must answer."),
     ("host", "127.0.0.1", "Address the web UI binds to. Use 0.0.0.0 to serve your network (set an auth too)."),
     ("port", 7860, "Port of the web UI."),
@@ -56,6 +58,8 @@ class Settings:
     auth: str
     max_upload_mb: int
     media_roots: str
+    cache_disk_bytes: int = 0
+    vlm_revision: str = ""
 
     @property
     def library_path(self) -> Path:

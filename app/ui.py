@@ -459,11 +459,18 @@ def status_markdown(services) -> str:
         "| Status | |", "| --- | --- |",
         f"| Answering model | {model_line} |",
         f"| Quantization | {m.get('quantization') or '—'} |",
+        f"| Model revision | {m.get('revision') or '—'} |",
+        f"| Generation | {m.get('generation') or '—'}"
+        f"{(' — latent cache off: ' + str(m['latent_cache_unavailable'])).replace('|', '/') if m.get('latent_cache_unavailable') else ''} |",
         f"| Device | {m.get('device') or _device()} |",
         f"| Latent cache in memory | {_human_bytes(cache['bytes']) if 'bytes' in cache else '—'}"
         f"{' in ' + str(cache['entries']) + ' entries' if 'entries' in cache else ''} |",
         f"| Cache hit rate | {rate} |",
         f"| Cache on disk | {_human_bytes(_folder_bytes(library.cache_dir))} in `{library.cache_dir}` |",
+        f"| Prefix cache on disk | {_human_bytes(cache['disk_bytes']) if 'disk_bytes' in cache else '—'}"
+        f"{' of ' + _human_bytes(cache['disk_cap']) + ' cap' if cache.get('disk_cap') else ''}"
+        f"{', ' + str(cache['disk_entries']) + ' files' if 'disk_entries' in cache else ''}"
+        f"{', ' + str(cache['disk_pending']) + ' being written' if cache.get('disk_pending') else ''} |",
         f"| Library | `{library.folder}` |",
         f"| Database | `{library.url}` |",
         f"| Videos | {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'none'}) |",

@@ -34,6 +34,7 @@ class VideoChat:
         library: str | Path | None = None,
         total_pixels: int | None = None,
         use_latent_cache: bool | None = None,
+        cache_disk_bytes: int = 0,
     ):
         self.model = model
         self.processor = processor
@@ -42,6 +43,7 @@ class VideoChat:
         self.total_pixels = total_pixels
         self._lock = threading.Lock()
         self.cache_bytes = cache_bytes
+        self.cache_disk_bytes = cache_disk_bytes  # cap of the prefix cache's disk spill; 0: from free disk space
         self.library = Path(library) if library else None
         self.last_path = ""  # "latent-cache" | "plain": which path produced the last answer
         self._fast = None
@@ -70,6 +72,7 @@ class VideoChat:
             "device": self.device,
             "parameters": self.plan.params,
             "estimated_bytes": self.plan.need_bytes,
+            "revision": getattr(self.plan.spec, "revision", None) or "not pinned",
             "generation": "latent-cache" if self._fast is not None else "plain",
             "cache": {},
         }
@@ -176,8 +179,33 @@ def _latent_generator(chat: VideoChat, required: bool):
     if make is None:
         return None, "engine.generate has no make_generator(chat) yet"
     try:
-        return make(chat), ""
+        fast = make(chat)
     except Exception as err:  # noqa: BLE001 - a model it cannot handle keeps the plain path
         if required:
             raise
         return None, f"{type(err).__name__}: {err}"
+    if getattr(fast, "kind", "") == "latent":
+        why = _latent_check(chat.model)
+        if why:
+            from engine.models.internvideo3 import uninstall_latent_attention
+
+            uninstall_latent_attention(chat.model)  # keep the model's own cache, unchanged
+            log.warning("latent cache off: %s", why)
+            if required:
+                from storage.errors import SightlineError
+
+                raise SightlineError(f"The latent cache is unavailable: {why}.",
+                                     hint="Run without use_latent_cache=True: the model's own cache works.")
+            return None, why
+    return fast, ""
+
+
+def _latent_check(model) -> str:
+    """"" when a few greedy decode steps through the installed latent cache equal the model's own; else why."""
+    from engine.models.internvideo3 import check_latent_decode
+
+    try:
+        why = check_latent_decode(model)
+    except Exception as err:  # noqa: BLE001 - a check that cannot run cannot vouch for the latent path
+        why = f"the end-to-end check could not run ({type(err).__name__}: {err})"
+    return f"the end-to-end check failed: {why}; the model's own cache is used" if why else ""

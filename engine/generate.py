@@ -227,12 +227,14 @@ def make_generator(chat) -> LatentGenerator:
     if find_m2la_modules(model) and not uses_latent_cache(model):
         install_latent_attention(model)
     folder = Path(chat.library) / "cache" / "prefix-kv" if getattr(chat, "library", None) else None
-    cache = PrefixCache(folder, byte_budget=int(getattr(chat, "cache_bytes", 4 * 2**30)))
+    cache = PrefixCache(folder, byte_budget=int(getattr(chat, "cache_bytes", 4 * 2**30)),
+                        disk_bytes=int(getattr(chat, "cache_disk_bytes", 0) or 0))
     cfg = model.config
     revision = "|".join(
         str(x)
         for x in (
             getattr(chat, "name", ""),
+            getattr(getattr(getattr(chat, "plan", None), "spec", None), "revision", None) or "",  # resolved commit
             getattr(cfg, "_name_or_path", ""),
             getattr(cfg, "_commit_hash", None) or "",
             getattr(cfg, "transformers_version", ""),

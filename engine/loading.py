@@ -194,7 +194,7 @@ def read_config(spec: ModelSpec) -> dict:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-        path = hf_hub_download(spec.name, "config.json")
+        path = hf_hub_download(spec.name, "config.json", revision=spec.revision)
     except GatedRepoError:
         raise SightlineError(
             f"{spec.name} is gated on the Hugging Face Hub.",
@@ -261,7 +261,9 @@ def load_weights(plan: LoadPlan, path: str):
     from transformers import AutoProcessor
 
     dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
+    revision = None if plan.spec.local else plan.spec.revision  # a folder is what it is; a hub id: the pinned commit
     kwargs = dict(
+        revision=revision,
         dtype=dtype,
         device_map={"": 0} if plan.device == "cuda" else "cpu",
         trust_remote_code=plan.spec.trust_remote_code,
@@ -274,7 +276,9 @@ def load_weights(plan: LoadPlan, path: str):
     auto = model_class_for(plan.spec)
     try:
         model, info = auto.from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=plan.spec.trust_remote_code)
+        processor = AutoProcessor.from_pretrained(
+            path, trust_remote_code=plan.spec.trust_remote_code, revision=revision
+        )
     except torch.cuda.OutOfMemoryError:
         raise SightlineError(
             f"Not enough GPU memory for {plan.spec.name} in {plan.quantization}: the GPU ran out while loading "
@@ -315,6 +319,35 @@ def load_weights(plan: LoadPlan, path: str):
     return model, processor
 
 
+# --- revisions ---------------------------------------------------------------------------------------------------
+
+
+def pin_revision(spec: ModelSpec, override: str | None = None) -> ModelSpec:
+    """The spec with the hub commit to load: SIGHTLINE_VLM_REVISION when set, else the registry's pin.
+
+    A hub model whose remote code would run (trust_remote_code) with no pinned commit is refused: a push to its
+    repository would silently change the code this machine runs. Local folders keep the revision they recorded.
+    """
+    from dataclasses import replace
+
+    override = (override or "").strip()
+    if spec.local or spec.family == "tiny":
+        if override:
+            log.warning("SIGHTLINE_VLM_REVISION=%s ignored: %s is a local folder", override, spec.name)
+        return spec
+    if override:
+        return replace(spec, revision=override)
+    if spec.revision is None and spec.trust_remote_code:
+        raise SightlineError(
+            f"{spec.name} runs code from its model repository (trust_remote_code) and Sightline has no pinned commit "
+            "for it, so a push to that repository would change the code run on this machine.",
+            hint=f"Look up the commit you reviewed (https://huggingface.co/{spec.name}/commits/main) and set "
+            "SIGHTLINE_VLM_REVISION=<commit>; or download it once (`huggingface-cli download "
+            f"{spec.name} --revision <commit> --local-dir DIR`) and set SIGHTLINE_VLM_MODEL=DIR.",
+        )
+    return spec
+
+
 # --- the entry points --------------------------------------------------------------------------------------------
 
 
@@ -344,18 +377,22 @@ def load_vlm(
     cache_bytes: int = 4 * GIB,
     library: str | Path | None = None,
     reuse: bool = True,
+    revision: str | None = None,
     **chat_options,
 ):
     """Load (once per model, quantization and device) and return a VideoChat; raise SightlineError saying why not.
 
     reuse=False loads a private copy (not shared, not kept): for callers that modify the model, like selfcheck.
+    revision (SIGHTLINE_VLM_REVISION) overrides the registry's pinned hub commit (engine/registry.py).
     """
     if (model or "").strip().lower() == "none":
         resolve_setting("none", None)  # raises: nothing to load, and no reason to import torch
     check_transformers()
     free = cuda_free_bytes()
     spec = resolve_setting(model, free)
-    key = (spec.name, quantization, "cuda" if free is not None else "cpu", str(library))
+    if (revision or "").strip() and not spec.local and spec.family != "tiny":
+        spec = pin_revision(spec, revision)  # an unknown hub id's config is read at that commit too
+    key = (spec.name, quantization, "cuda" if free is not None else "cpu", str(library), revision or "")
     with _LOCK:
         if reuse and key in _LOADED:
             return _LOADED[key]
@@ -372,7 +409,8 @@ def load_vlm(
             if spec.family == "unknown":
                 spec = with_family(spec, config)
             counts = count_params(config)
-        plan = plan_load(spec, quantization, free, counts)
+        plan = plan_load(spec, quantization, free, counts)  # no GPU / too little memory is said first
+        spec = plan.spec = pin_revision(spec, revision)
         if not spec.local:
             read_config(spec)  # fail fast with the offline message before transformers' own error text
         log.info("loading %s (%s on %s, ~%s)", spec.name, plan.quantization, plan.device, _gib(plan.need_bytes))
@@ -396,6 +434,8 @@ def load_vlm_or_reason(settings_like) -> tuple[object | None, str]:
             getattr(settings_like, "quantization", "auto"),
             getattr(settings_like, "cache_bytes", 4 * GIB),
             getattr(settings_like, "library", None),
+            revision=getattr(settings_like, "vlm_revision", "") or None,
+            cache_disk_bytes=int(getattr(settings_like, "cache_disk_bytes", 0) or 0),
         )
         return chat, ""
     except SightlineError as err:

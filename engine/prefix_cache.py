@@ -5,6 +5,11 @@ the prefix token ids, and the rope position state (`rope_deltas`, §2.2 gotcha 1
 are keyed by a PrefixKey (video fingerprint, sampling, template hash, model revision, quantization). In memory
 they live in an LRU bounded by a byte budget; evicted entries are spilled to `<folder>/<digest>.safetensors` and
 loaded back on a later hit. A file whose stored key, digest or prefix ids differ from the request is refused.
+
+The spill is bounded too: at most `disk_bytes` of files (default min(20 GiB, 10% of the free disk)), the least
+recently used deleted first. Files are written by one background thread, off the answer path; the tensors are
+copied to the CPU first, so an evicted GPU entry frees its memory at once. A read of an entry still being written
+waits for that write.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -21,6 +27,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORMAT = "sightline-prefix-v1"
+DISK_DEFAULT_MAX = 20 * 2**30  # the default cap is min(this, DISK_DEFAULT_SHARE of the free disk)
+DISK_DEFAULT_SHARE = 0.10
+
+
+def default_disk_bytes(folder: str | Path) -> int:
+    """min(20 GiB, 10% of the free space) of the disk holding folder (or its nearest existing parent)."""
+    import shutil
+
+    probe = Path(folder).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return int(min(DISK_DEFAULT_MAX, DISK_DEFAULT_SHARE * shutil.disk_usage(probe).free))
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,9 @@ class PrefixEntry:
 class PrefixCache:
     """LRU of PrefixEntry bounded by byte_budget (bytes of cache tensors), spilling to safetensors in folder."""
 
-    def __init__(self, folder: str | Path | None, byte_budget: int = 4 * 2**30, device: Any = None):
+    def __init__(
+        self, folder: str | Path | None, byte_budget: int = 4 * 2**30, device: Any = None, disk_bytes: int = 0
+    ):
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +124,22 @@ class PrefixCache:
         self._mem: OrderedDict[str, PrefixEntry] = OrderedDict()
         self._lock = threading.RLock()
         self.hits = self.misses = self.disk_hits = self.refused = self.spills = 0
+        # disk: cap (0 or less: the default from free space), files in LRU order -> bytes, writes in flight
+        self.disk_bytes = int(disk_bytes) if disk_bytes and disk_bytes > 0 else (
+            default_disk_bytes(self.folder) if self.folder is not None else 0)
+        self._disk: OrderedDict[str, int] = OrderedDict()
+        self._disk_lock = threading.Lock()
+        self._pending: dict[str, Any] = {}  # digest -> Future of its write
+        self._writer = None  # one-thread executor, started on the first spill
+        self.disk_evictions = self.disk_skipped = 0
+        if self.folder is not None:
+            for tmp in self.folder.glob("*.tmp"):  # a write cut short by a crash
+                tmp.unlink(missing_ok=True)
+            files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+            for f in files:
+                self._disk[f.stem] = f.stat().st_size
+            with self._disk_lock:
+                self._trim()
 
     # -- lookups ------------------------------------------------------------------------------------------------
 
@@ -111,6 +147,7 @@ class PrefixCache:
         """The entry for key (memory, else disk), or None. prefix_ids, when given, must match the entry's."""
         digest = key.digest()
         with self._lock:
+            self._wait_write(digest)
             entry = self._mem.get(digest)
             if entry is not None:
                 if prefix_ids is not None and not _same_ids(entry.prefix_ids, prefix_ids):
@@ -138,7 +175,8 @@ class PrefixCache:
     def __contains__(self, key: PrefixKey) -> bool:
         with self._lock:
             path = self._path(key.digest())
-            return key.digest() in self._mem or (path is not None and path.exists())
+            digest = key.digest()
+            return digest in self._mem or digest in self._pending or (path is not None and path.exists())
 
     # -- memory and disk ----------------------------------------------------------------------------------------
 
@@ -156,17 +194,83 @@ class PrefixCache:
             return
         if entry.key is None:
             return
-        self._save(digest, entry.key, entry)
-        self.spills += 1
+        if self._submit(digest, entry):
+            self.spills += 1
+
+    def _submit(self, digest: str, entry: PrefixEntry) -> bool:
+        """Queue the entry's file write on the writer thread (CPU copies taken here); False if over the cap."""
+        size = entry.nbytes()
+        if size > self.disk_bytes:
+            log.info("prefix cache: %s (%d bytes) exceeds the disk cap %d; not written", digest, size, self.disk_bytes)
+            self.disk_skipped += 1
+            return False
+        snapshot = PrefixEntry(
+            [(k.cpu(), v.cpu()) for k, v in entry.layers],
+            entry.prefix_ids.cpu(),
+            None if entry.rope_deltas is None else entry.rope_deltas.cpu(),
+        )
+        key = entry.key
+        entry.on_disk = True  # queued: never queued twice
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefix-spill")
+        with self._disk_lock:
+            self._disk[digest] = size  # an estimate until the file exists
+            self._disk.move_to_end(digest)
+            self._pending[digest] = self._writer.submit(self._write, digest, key, snapshot)
+        return True
+
+    def _write(self, digest: str, key: PrefixKey, entry: PrefixEntry) -> None:
+        """On the writer thread: write the file, record its size, delete least recently used files over the cap."""
+        try:
+            self._save(digest, key, entry)
+            size = self._path(digest).stat().st_size
+        except Exception as err:  # noqa: BLE001 - a full disk or a vanished folder loses a cache file, nothing else
+            log.warning("prefix cache: writing %s failed (%s)", digest, err)
+            size = None
+        with self._disk_lock:
+            self._pending.pop(digest, None)
+            if size is None:
+                self._disk.pop(digest, None)
+            elif digest in self._disk:
+                self._disk[digest] = size
+            self._trim()
+
+    def _trim(self) -> None:
+        """Delete least recently used files (never one still being written) until the total fits the cap.
+        Caller holds _disk_lock."""
+        total = sum(self._disk.values())
+        for digest in list(self._disk):
+            if total <= self.disk_bytes:
+                break
+            if digest in self._pending:
+                continue
+            total -= self._disk.pop(digest)
+            self._path(digest).unlink(missing_ok=True)
+            self.disk_evictions += 1
+
+    def _wait_write(self, digest: str) -> None:
+        with self._disk_lock:
+            future = self._pending.get(digest)
+        if future is not None:
+            future.result()
+
+    def wait_writes(self) -> None:
+        """Block until every queued file write has finished."""
+        with self._disk_lock:
+            futures = list(self._pending.values())
+        for future in futures:
+            future.result()
 
     def flush(self) -> int:
-        """Write every in-memory entry that has no file yet; return how many were written."""
+        """Write every in-memory entry that has no file yet and wait for all writes; return how many were queued."""
         written = 0
         with self._lock:
             for digest, entry in self._mem.items():
                 if not entry.on_disk and self.folder is not None and entry.key is not None:
-                    self._save(digest, entry.key, entry)
-                    written += 1
+                    written += int(self._submit(digest, entry))
+        self.wait_writes()
         return written
 
     def clear_memory(self) -> None:
@@ -201,6 +305,14 @@ class PrefixCache:
             return None
         from safetensors import safe_open
 
+        with self._disk_lock:  # a disk hit is a use: most recent in the LRU, and its mtime says so after a restart
+            self._disk[key.digest()] = path.stat().st_size
+            self._disk.move_to_end(key.digest())
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -224,6 +336,8 @@ class PrefixCache:
             log.warning("prefix cache: %s unreadable (%s); removed", path.name, err)
             self.refused += 1
             path.unlink(missing_ok=True)
+            with self._disk_lock:
+                self._disk.pop(key.digest(), None)
             return None
         entry = PrefixEntry(layers, ids, deltas, on_disk=True)
         if self.device is not None:
@@ -237,8 +351,9 @@ class PrefixCache:
 
     def stats(self) -> dict:
         """bytes / entries in memory, hits, misses, and what is on disk (for the UI and describe())."""
-        with self._lock:
-            files = list(self.folder.glob("*.safetensors")) if self.folder is not None else []
+        with self._lock, self._disk_lock:
+            disk = dict(self._disk)
+            pending = len(self._pending)
             return {
                 "bytes": self.memory_bytes(),
                 "entries": len(self._mem),
@@ -248,8 +363,12 @@ class PrefixCache:
                 "disk_hits": self.disk_hits,
                 "refused": self.refused,
                 "spills": self.spills,
-                "disk_entries": len(files),
-                "disk_bytes": sum(p.stat().st_size for p in files),
+                "disk_entries": len(disk),
+                "disk_bytes": sum(disk.values()),
+                "disk_cap": self.disk_bytes,
+                "disk_pending": pending,
+                "disk_evictions": self.disk_evictions,
+                "disk_skipped": self.disk_skipped,
             }
 
 

@@ -26,7 +26,19 @@ class ModelSpec:
     needs_gpu: bool = False  # too slow or too big for a CPU: refused there
     local: bool = False  # name is a folder on this machine
     note: str = ""
+    # The hub commit to load (config, weights, processor and remote code). None: not pinned; engine.loading then
+    # refuses remote code unless SIGHTLINE_VLM_REVISION names a commit. A local folder's is what it recorded.
+    revision: str | None = None
 
+
+# Pinned commits. The Qwen3-VL hashes are the snapshot folders (models--Qwen--*/snapshots/<commit>) and the
+# `revision=` pins that several independent public projects record for these repositories; our machines cannot
+# reach the hub, so they were not re-checked against it. InternVideo3's full commit is in no source we could read
+# (internvideo3.md names only a README commit, b51432a, abbreviated): it stays None, and since its remote code would
+# run unpinned, engine.loading refuses it until the user sets SIGHTLINE_VLM_REVISION to the commit they reviewed.
+QWEN3_VL_8B_REVISION = "0c351dd01ed87e9c1b53cbc748cba10e6187ff3b"
+QWEN3_VL_4B_REVISION = "ebb281ec70b05090aa6165b016eac8ec08e71b17"
+QWEN3_VL_2B_REVISION = "89644892e4d85e24eaac8bacfd4f463576704203"
 
 # Parameter counts: engine.loading.count_params over the released configs' shapes (vocab 151936; 2B/4B tie their
 # embeddings); InternVideo3 = Qwen3-VL-8B with M2LA attention (r 896, d 128; internvideo3.md section 1.1).
@@ -39,6 +51,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         trust_remote_code=True,
         needs_gpu=True,
         note="InternVideo3-8B (Qwen3-VL-8B with M2LA attention); default on a CUDA GPU",
+        revision=None,  # no full commit known: set SIGHTLINE_VLM_REVISION (see above)
     ),
     ModelSpec(
         "Qwen/Qwen3-VL-8B-Instruct",
@@ -47,6 +60,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         keep_params=1_820_000_000,
         needs_gpu=True,
         note="Qwen3-VL-8B",
+        revision=QWEN3_VL_8B_REVISION,
     ),
     ModelSpec(
         "Qwen/Qwen3-VL-4B-Instruct",
@@ -54,6 +68,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         params=4_440_000_000,
         keep_params=804_000_000,  # ViT 0.41 B + tied embeddings 0.39 B
         note="Qwen3-VL-4B; runs on a CPU, slowly",
+        revision=QWEN3_VL_4B_REVISION,
     ),
     ModelSpec(
         "Qwen/Qwen3-VL-2B-Instruct",
@@ -61,6 +76,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         params=2_130_000_000,
         keep_params=720_000_000,  # ViT 0.41 B + tied embeddings 0.31 B
         note="Qwen3-VL-2B; runs on a CPU, slowly",
+        revision=QWEN3_VL_2B_REVISION,
     ),
 )
 
@@ -147,8 +163,33 @@ def spec_for_folder(path: Path) -> ModelSpec:
     if family is None:
         raise not_a_video_model(str(path), config)
     return ModelSpec(
-        str(path), family, trust_remote_code=family == "internvideo3", local=True, note=f"local {family} folder"
+        str(path), family, trust_remote_code=family == "internvideo3", local=True, note=f"local {family} folder",
+        revision=local_revision(path),
     )
+
+
+def local_revision(path: Path) -> str:
+    """The commit a downloaded folder records: a hub cache snapshot's folder name, the commit that
+    `huggingface-cli download --local-dir` wrote into .cache/huggingface/download/config.json.metadata, else
+    "files:<hash>" of its config and code files (what would run and how it is shaped)."""
+    import hashlib
+    import re
+
+    commit = re.compile(r"^[0-9a-f]{40}$")
+    if path.parent.name == "snapshots" and commit.match(path.name):
+        return path.name
+    meta = path / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    try:
+        first = meta.read_text().splitlines()[0].strip()
+        if commit.match(first):
+            return first
+    except (OSError, IndexError):
+        pass
+    h = hashlib.sha256()
+    for f in sorted([path / "config.json", *path.glob("*.py")]):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return "files:" + h.hexdigest()[:16]
 
 
 def not_a_video_model(name: str, config: dict) -> SightlineError:
