@@ -87,12 +87,13 @@ class ScriptedChat:
     calls: list[dict] = field(default_factory=list)  # every chat call: messages, clips, kind
     name: str = "scripted"
 
-    def chat(self, messages, clips=(), max_new_tokens=512):
+    def chat(self, messages, clips=(), max_new_tokens=512, tools=None):
         kind = "turn"
         if messages[0]["content"] == WATCH_SYSTEM:
             kind = "verify" if VERIFY_TASK in messages[-1]["content"] else "inspect"
             assert kind == "verify" or INSPECT_TASK in messages[-1]["content"], messages[-1]["content"]
-        self.calls.append({"kind": kind, "messages": [dict(m) for m in messages], "clips": list(clips)})
+        self.calls.append({"kind": kind, "messages": [dict(m) for m in messages], "clips": list(clips),
+                           "tools": list(tools or [])})
         if kind == "verify":
             return self.verdicts.pop(0) if self.verdicts else "NO, nothing like that is shown."
         if kind == "inspect":

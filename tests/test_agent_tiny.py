@@ -23,9 +23,10 @@ class Recording:
     def __init__(self, chat):
         self.inner, self.calls = chat, []
 
-    def chat(self, messages, clips=(), max_new_tokens=512):
-        self.calls.append({"messages": [dict(m) for m in messages], "clips": list(clips), "max_new_tokens": max_new_tokens})
-        return self.inner.chat(messages, clips=clips, max_new_tokens=max_new_tokens)
+    def chat(self, messages, clips=(), max_new_tokens=512, tools=None):
+        self.calls.append({"messages": [dict(m) for m in messages], "clips": list(clips), "max_new_tokens": max_new_tokens,
+                           "tools": tools, "prompt": self.inner.prompt_text(messages, clips, tools)})
+        return self.inner.chat(messages, clips=clips, max_new_tokens=max_new_tokens, tools=tools)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,9 @@ def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_c
     turns = [c for c in model.calls if c["messages"][0]["content"] != WATCH_SYSTEM]
     # the first search is the loop's own observation; the model had max_steps - 1 turns, then the forced one
     assert len(turns) == (budget.max_steps - 1) + 1
+    # the tools reached the model as JSON schemas in the chat template's tools block, not as prose
+    assert all(c["tools"] and "<tools>\n{\"type\": \"function\"" in c["prompt"] for c in turns)
+    assert turns[0]["prompt"].endswith("<|im_start|>assistant\n")
     assert "budget for this question is spent" in turns[-1]["messages"][-1]["content"]
     assert any(s.title == "budget spent" for s in steps)
     assert all(c["max_new_tokens"] <= budget.max_new_tokens for c in turns)

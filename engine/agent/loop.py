@@ -8,17 +8,18 @@ answer. Evidence is resolved by `resolve.py`; without a model, `evidence_only.py
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.agent import prompts
-from engine.agent.context import Budget, Context, Step, ToolBackend
+from engine.agent.context import Budget, Context, Step, ToolBackend, estimate_tokens
 from engine.agent.evidence import Evidence
 from engine.agent.parsing import parse_turn, strip_thinking
 from engine.agent.resolve import check_answer_times, fallback_evidence, resolve_evidence
-from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, describe_tools
+from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, tool_schemas
 from storage.errors import SightlineError
 
 log = logging.getLogger(__name__)
@@ -79,16 +80,16 @@ def _title(name: str, args: dict) -> str:
 
 def _compact(ctx: Context) -> None:
     """Elide the oldest tool results (keep the question turn and the last two results) to fit the token budget."""
-    results = [i for i, m in enumerate(ctx.messages) if m["role"] == "user" and i > 1]
+    results = [i for i, m in enumerate(ctx.messages) if m["role"] in ("tool", "user") and i > 1]
     for i in results[:-2]:
         if ctx.context_tokens() <= ctx.budget.max_context_tokens:
             return
         if ctx.messages[i]["content"] != ELIDED:
-            ctx.messages[i] = {"role": "user", "content": ELIDED}
+            ctx.messages[i] = {"role": ctx.messages[i]["role"], "content": ELIDED}
 
 
 def _model_turn(ctx: Context) -> str:
-    reply = ctx.model_call(ctx.messages, (), ctx.budget.max_new_tokens)
+    reply = ctx.model_call(ctx.messages, (), ctx.budget.max_new_tokens, tools=tool_schemas(DEFAULT_TOOLS))
     ctx.messages.append({"role": "assistant", "content": reply})
     return reply
 
@@ -128,7 +129,8 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
 
 def _loop(ctx: Context) -> AgentResult:
     question, tools, budget = ctx.question, ctx.backend, ctx.budget
-    system = prompts.SYSTEM.format(tools=describe_tools(DEFAULT_TOOLS))
+    system = prompts.SYSTEM
+    ctx.overhead_tokens = estimate_tokens(json.dumps(tool_schemas(DEFAULT_TOOLS))) + 60  # the template's tools block
     first = _observe_first(ctx)
     ctx.messages = [{"role": "system", "content": system},
                     {"role": "user", "content": prompts.question_turn(
@@ -174,7 +176,8 @@ def _loop(ctx: Context) -> AgentResult:
         if parsed.extra_calls:
             obs_text += f"\n(Only your first call ran; {parsed.extra_calls} more were ignored. One call per turn.)"
         ctx.emit("error" if error else "tool", _title(name, args), name, args, parsed.reasoning, obs_text)
-        ctx.messages.append({"role": "user", "content": prompts.with_memory(
+        # the result of the call, as the template was trained on it: a role "tool" message (<tool_response>)
+        ctx.messages.append({"role": "tool", "content": prompts.with_memory(
             obs_text, ctx.memory, budget.max_steps - ctx.tool_calls)})
     if final is None:
         final = _forced_finish(ctx, tool_names)

@@ -1,7 +1,8 @@
 """Model text -> one tool call. Tolerant of what real models write; never raises on bad input.
 
 Accepted, first match wins:
-  <tool_call>{"name": "search", "arguments": {"query": "red van"}}</tool_call>   (Qwen / Hermes style)
+  <tool_call>{"name": "search", "arguments": {"query": "red van"}}</tool_call>   (the chat template's own format,
+                                                                                 Qwen3 / Hermes; read first)
   ```json {"name": ..., "arguments": ...} ```                                     (a fenced block)
   {"tool": "search", "args": {...}}                                              (a bare JSON object)
   search(query="red van")                                                        (a Python-style call)
@@ -40,8 +41,15 @@ class Parsed:
 
 
 def strip_thinking(text: str) -> tuple[str, str]:
-    """(text without <think> blocks, the thinking text)."""
-    thoughts = " ".join(m.group(1).strip() for m in _THINK.finditer(text))
+    """(text without <think> blocks, the thinking text).
+
+    A leading block that ends with </think> and has no opening tag is reasoning too: a template that pre-fills
+    "<think>\n" after the generation prompt (Qwen3 Thinking) leaves the opening tag in the prompt, not the reply."""
+    lead = ""
+    head, sep, tail = text.partition("</think>")
+    if sep and "<think>" not in head:
+        lead, text = head.strip(), tail
+    thoughts = " ".join([lead] * bool(lead) + [m.group(1).strip() for m in _THINK.finditer(text)])
     return _THINK.sub("", text).strip(), thoughts
 
 

@@ -1,7 +1,8 @@
 """The agent's tools: plain typed functions; each one-line docstring is the description the model reads.
 
 Every tool takes the question's `Context` first (hidden from the model) and returns an `Observation`.
-`DEFAULT_TOOLS` lists them; `describe_tools` renders what the model sees; `call_tool` checks and converts the
+`DEFAULT_TOOLS` lists them; `tool_schemas` gives them as the JSON schemas the chat template shows the model
+(`describe_tools` is a one-line-per-tool text form for logs); `call_tool` checks and converts the
 model's arguments and turns every problem into an error observation rather than an exception.
 """
 
@@ -212,6 +213,59 @@ def _type_name(tp) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+# What each argument means, for the JSON schemas the chat template shows the model.
+PARAM_DOCS = {
+    "query": "a few words describing the moment",
+    "modality": f"only moments of this kind: one of {', '.join(MODALITIES)}",
+    "video": "a video id from the library list or a search result",
+    "start": "window start, seconds from the start of the video",
+    "end": "window end, seconds from the start of the video",
+    "fps": f"frames per second to watch, {MIN_FPS:g} to {MAX_FPS:g}",
+    "claim": "the statement the window should show",
+    "answer": "the final answer, one or two sentences",
+    "evidence": "the moments that support the answer",
+}
+_EVIDENCE_ITEM = {
+    "type": "object",
+    "description": 'a moment a tool returned, {"moment": 12}, or a window, {"video": 2, "start": 12.0, "end": 15.5}',
+    "properties": {"moment": {"type": "integer"}, "video": {"type": "integer"}, "start": {"type": "number"},
+                   "end": {"type": "number"}},
+}
+
+
+def _json_type(tp) -> dict:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), str)
+    if tp is list or typing.get_origin(tp) is list:
+        return {"type": "array", "items": _EVIDENCE_ITEM}
+    return {"type": {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, "string")}
+
+
+def tool_schema(fn) -> dict:
+    """One tool as the chat template takes it (OpenAI function format): name, description, JSON-schema parameters."""
+    hints = _hints(fn)
+    props, required = {}, []
+    for p in list(pyinspect.signature(fn).parameters.values())[1:]:
+        prop = _json_type(hints.get(p.name, str))
+        if p.name in PARAM_DOCS:
+            prop["description"] = PARAM_DOCS[p.name]
+        if p.name == "modality":
+            prop["enum"] = list(MODALITIES)
+        if p.default is pyinspect.Parameter.empty:
+            required.append(p.name)
+        elif p.default is not None:
+            prop["default"] = p.default
+        props[p.name] = prop
+    return {"type": "function", "function": {
+        "name": fn.__name__, "description": (fn.__doc__ or "").strip(),
+        "parameters": {"type": "object", "properties": props, "required": required}}}
+
+
+def tool_schemas(tools=DEFAULT_TOOLS) -> list[dict]:
+    """The tools as JSON schemas, in order: what `apply_chat_template(..., tools=...)` renders for the model."""
+    return [tool_schema(fn) for fn in tools]
 
 
 def describe_tools(tools=DEFAULT_TOOLS) -> str:
