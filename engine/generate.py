@@ -71,6 +71,25 @@ def new_cache(model, tokens: int = 0):
     return DynamicCache(config=model.config)
 
 
+def to_host(entry: PrefixEntry) -> PrefixEntry:
+    """The entry's tensors in CPU memory (pinned when CUDA is there, for fast copies back).
+
+    Cached prefixes live on the host and are copied to the GPU only for the call that uses them (`to_cache`), so
+    the prefix-cache budget never takes GPU memory: the memory plan (engine/loading.py runtime_bytes) counts one
+    working copy, not the budget."""
+    import torch
+
+    def host(t):
+        if t is None or t.device.type == "cpu":
+            return t
+        t = t.to("cpu")
+        return t.pin_memory() if torch.cuda.is_available() else t
+
+    entry.layers = [(host(k), host(v)) for k, v in entry.layers]
+    entry.rope_deltas = host(entry.rope_deltas)
+    return entry
+
+
 def _gen_defaults(model, gen: dict) -> dict:
     gen = dict(gen)
     gen.setdefault("do_sample", False)
@@ -137,7 +156,7 @@ def generate_with_prefix(
             )
             deltas = core.rope_deltas if core is not None else None
             if prefix_cache is not None and key is not None:
-                prefix_cache.put(key, PrefixEntry.from_cache(cache, ids[0, :p], deltas))
+                prefix_cache.put(key, to_host(PrefixEntry.from_cache(cache, ids[0, :p], deltas)))
         if core is not None:
             # §2.2 gotcha 1: positions after the prefix are cache_position + rope_deltas of *this* video.
             core.rope_deltas = None if deltas is None else deltas.to(device)

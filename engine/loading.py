@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 TRANSFORMERS_MIN, TRANSFORMERS_MAX = "4.57.3", "5"  # InternVideo3's remote code needs >=4.57.3,<5
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16")
 GIB = 2**30
-# Room beyond the weights for activations, the vision tower's prefill and a few thousand cached tokens.
-RUNTIME_HEADROOM = int(1.5 * GIB)
 
 # Modules bitsandbytes must leave alone. "model.visual" is the dotted name that works in 4.57 and 5.x
 # (offline-stack.md section 4: plain "visual" stops matching in 5.x); lm_head stays in bf16 for quality;
@@ -123,11 +121,44 @@ def count_params(config: dict) -> tuple[int, int]:
     return total, kept
 
 
-def bytes_needed(params: int, keep_params: int, quantization: str) -> int:
-    """GPU bytes for the weights under a quantization, plus runtime headroom."""
+# The clip budget one inspect/verify call may show: 32 frames (16 pairs) at up to 512 tokens per pair, plus the
+# question and the reply. The memory plan counts its working copy of the KV cache and its prefill activations.
+CLIP_TOKENS = 16 * 512 + 1024
+CUDA_CONTEXT = int(0.75 * GIB)  # CUDA context, cuBLAS workspaces and the allocator's fragmentation
+
+
+def _text_shape(params: int) -> tuple[int, int, int]:
+    """(layers, hidden, intermediate) of the Qwen3-VL text model of this size (the released configs)."""
+    if params >= 6e9:
+        return 36, 4096, 12288  # 8B (InternVideo3 too)
+    if params >= 3e9:
+        return 36, 2560, 9728  # 4B
+    if params >= 1e9:
+        return 28, 2048, 6144  # 2B
+    return 2, 64, 128  # tiny test models
+
+
+def runtime_bytes(params: int, clip_tokens: int = CLIP_TOKENS) -> int:
+    """GPU bytes beyond the weights while answering about one clip (engine/generate.py's path):
+
+    - the working copy of the prefix cache: a cached prefix lives in CPU memory (pinned) and is copied to the GPU
+      only for the call that uses it, so the prefix-cache budget (SIGHTLINE cache_bytes) is not on the GPU; one
+      copy of clip_tokens at the GQA size (8 KV heads x 128, K and V, bf16; M2LA's latent is half of that) is;
+    - the prefill activations of the clip: residual, attention and MLP intermediates of one layer at a time for
+      every token (logits only for the last), and as much again for the vision tower's patches;
+    - the CUDA context.
+    """
+    layers, hidden, inter = _text_shape(params)
+    working_copy = clip_tokens * layers * 2 * 8 * 128 * 2
+    activations = 2 * clip_tokens * (4 * hidden + 3 * inter) * 2
+    return working_copy + activations + CUDA_CONTEXT
+
+
+def bytes_needed(params: int, keep_params: int, quantization: str, clip_tokens: int = CLIP_TOKENS) -> int:
+    """GPU bytes for the weights under a quantization, plus the runtime of one clip (`runtime_bytes`)."""
     quantized = max(params - keep_params, 0)
     per_param = {"bf16": 2.0, "int8": 1.0, "nf4": 0.55}[quantization]  # nf4: 4 bits + absmax/double-quant state
-    return int(2.0 * keep_params + per_param * quantized) + RUNTIME_HEADROOM
+    return int(2.0 * keep_params + per_param * quantized) + runtime_bytes(params, clip_tokens)
 
 
 def _gib(n: int | None) -> str:
@@ -163,8 +194,8 @@ def plan_load(spec: ModelSpec, quantization: str, free_bytes: int | None, params
         smaller = "Set SIGHTLINE_QUANTIZATION=nf4, " if chosen != "nf4" else ""
         raise SightlineError(
             f"Not enough GPU memory for {spec.name} in {chosen}: it needs about {_gib(need)} "
-            f"({total / 1e9:.1f} B parameters, {keep / 1e9:.1f} B kept in bf16, plus {_gib(RUNTIME_HEADROOM)} "
-            f"for activations) and {_gib(free_bytes)} is free.",
+            f"({total / 1e9:.1f} B parameters, {keep / 1e9:.1f} B kept in bf16, plus {_gib(runtime_bytes(total))} "
+            f"for one clip's cache copy and activations) and {_gib(free_bytes)} is free.",
             hint=f"{smaller}close other programs using the GPU, or pick a smaller model (qwen3-vl-4b, qwen3-vl-2b).",
         )
     return LoadPlan(spec, chosen, device, total, keep, need, free_bytes, skip)
