@@ -47,6 +47,25 @@ MODALITY_CHOICES = [("speech", "speech"), ("on-screen text", "text"), ("visual",
 def _is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
+
+FOLDER_CHECK_S = 0.5  # how long adding a folder may look for a first video before handing the walk to the worker
+
+
+def _holds_a_video(folder: Path, budget_s: float = FOLDER_CHECK_S) -> bool | None:
+    """True at the first video file, False when the folder holds none, None when the look ran out of time (a
+    home folder: the background run walks it and reports what it found, the request does not wait for it).
+    Hidden folders are skipped, as the indexer's own walk skips them."""
+    import time
+
+    stop = time.monotonic() + budget_s
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not n.startswith(".") and _is_video_file(Path(n)) for n in filenames):
+            return True
+        if time.monotonic() > stop:
+            return None
+    return False
+
 def _one_line(err: BaseException) -> gr.Error:
     from app.logs import log_exception, log_path
 
@@ -573,9 +592,15 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
             if not _is_video_file(path):
                 raise SightlineError(f"{path.name} is not a supported video file.",
                                      hint=f"Supported: {', '.join(sorted(VIDEO_EXTENSIONS))}.")
-        elif not any(_is_video_file(f) and f.is_file() for f in path.rglob("*")):  # stops at the first video
-            raise SightlineError(f"No video files in {path}.",
-                                 hint=f"Sightline indexes {', '.join(sorted(VIDEO_EXTENSIONS))} files.")
+        else:
+            found = _holds_a_video(path, FOLDER_CHECK_S)
+            if found is False:
+                raise SightlineError(f"No video files in {path}.",
+                                     hint=f"Sightline indexes {', '.join(sorted(VIDEO_EXTENSIONS))} files.")
+            if found is None:
+                worker.submit([str(path)])
+                return (f"{path} is large: looking for its videos and indexing them in the background; the "
+                        "progress below shows what was found.", "")
         worker.submit([str(path)])
         return f"Indexing the videos of {path} in the background.", ""
 

@@ -281,3 +281,33 @@ def test_add_path_explains_each_refusal(monkeypatch, tmp_path):
         assert submitted == [[str(folder)]] and cleared == ""
     finally:
         services.library.close()
+
+
+def test_adding_a_huge_folder_answers_at_once_and_walks_it_in_the_background(monkeypatch, tmp_path):
+    """Adding `~` used to block the request for 12 s while it looked for a first video; now it looks for at most
+    FOLDER_CHECK_S and hands the rest of the walk to the index worker."""
+    import time
+
+    import app.ui as ui
+
+    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch)
+    big = tmp_path / "home"
+    for i in range(300):  # many folders without a video, one with a video at the end of the walk order
+        (big / f"d{i:03d}").mkdir(parents=True)
+        for j in range(20):
+            (big / f"d{i:03d}" / f"note{j}.txt").write_text("x")
+    (big / "zzz").mkdir()
+    (big / "zzz" / "clip.mp4").write_bytes(b"\0")
+    (big / ".cache" / "deep").mkdir(parents=True)  # hidden folders are not looked into
+    (big / ".cache" / "deep" / "x.mp4").write_bytes(b"\0")
+    monkeypatch.setattr(ui, "FOLDER_CHECK_S", 0.0)  # as if the walk were slow
+    try:
+        t0 = time.monotonic()
+        message, _ = handlers["add_path"](str(big))
+        assert time.monotonic() - t0 < 2.0
+        assert "is large" in message and submitted == [[str(big)]]
+        assert ui._holds_a_video(big, budget_s=30.0) is True
+        (big / "zzz" / "clip.mp4").unlink()
+        assert ui._holds_a_video(big, budget_s=30.0) is False  # the hidden .cache video does not count
+    finally:
+        services.library.close()
