@@ -75,8 +75,32 @@ def _raise_damage_as_user_error(engine: Engine, db: str) -> None:
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context):
-        if is_damage(context.original_exception):
-            raise damaged_error(db, str(context.original_exception)) from context.original_exception
+        err = context.original_exception
+        if is_damage(err):
+            raise damaged_error(db, str(err)) from err
+        problems = _quick_check_after(err, db)
+        if problems:
+            raise damaged_error(db, f"{err}; quick check: {problems}") from err
+
+
+# Failures that say nothing about the file's health: no quick check after them.
+_ORDINARY_FAILURES = ("locked", "busy", "interrupt", "full", "readonly", "read-only", "constraint", "unique",
+                      "no such", "syntax", "already exists", "unable to open", "out of memory")
+
+
+def _quick_check_after(err: BaseException, db: str) -> str:
+    """After a failed statement whose message is not an ordinary failure, SQLite's quick check on a fresh
+    read-only connection: "" when the file is healthy (or cannot be checked), else what it found."""
+    import sqlite3
+
+    if not isinstance(err, sqlite3.DatabaseError) or any(w in str(err).lower() for w in _ORDINARY_FAILURES):
+        return ""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0) as conn:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.Error as check_err:
+        return "" if not is_damage(check_err) else str(check_err)
+    return "" if rows == ["ok"] else "; ".join(rows[:3])
 
 
 def _fts5_available(engine: Engine) -> bool:

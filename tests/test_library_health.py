@@ -283,3 +283,18 @@ def test_the_ui_start_names_a_damaged_library(built_copy):
     with pytest.raises(SightlineError) as err:
         create_app(load_settings({}, library=str(built_copy)))
     assert "is damaged" in err.value.user_text() and "sightline repair" in err.value.user_text()
+
+
+def test_a_failed_statement_with_an_unusual_message_runs_the_quick_check(built_copy):
+    """SQLite does not always say "malformed": after any failure that is not an ordinary one (locked, full,
+    constraint, ...) the file is checked, and only a file that fails the check is called damaged."""
+    from storage.library import _quick_check_after
+
+    db = built_copy / "library.db"
+    odd = sqlite3.DatabaseError("disk I/O error")
+    assert _quick_check_after(odd, str(db)) == ""  # healthy file: the error is passed on as it was
+    assert _quick_check_after(sqlite3.OperationalError("database is locked"), str(db)) == ""
+    pages = _pages(db, "moments")
+    _garbage(db, pages[len(pages) // 2])
+    assert _quick_check_after(odd, str(db)) != ""
+    assert _quick_check_after(sqlite3.IntegrityError("UNIQUE constraint failed"), str(db)) == ""  # not checked
