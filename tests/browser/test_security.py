@@ -80,7 +80,7 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     kind, payload = call(url, "search", "thanks for watching", [], str(video.id), None)
     assert kind == "complete" and "THANKS" in payload.upper(), payload[:300]
     kind, payload = call(url, "load_moment", json.dumps({"video": "../../etc/passwd", "start": 0}))
-    assert kind == "error" and "not a video of this library" in payload, payload
+    assert kind == "error" and "is not a video id" in payload, payload  # the player takes ids only
     kind, payload = call(url, "add_path", "../../etc/passwd")
     assert kind == "error" and "not an absolute path" in payload, payload
     kind, payload = call(url, "add_path", "/etc/passwd")
