@@ -238,7 +238,7 @@ class IndexWorker:
 # --- files the web server may serve -------------------------------------------------------------------------------
 
 
-SERVED_STATUSES = (lv.INDEXED, lv.INDEXING, "interrupted")  # interrupted: its run stopped part way
+SERVED_STATUSES = (lv.INDEXED, lv.INDEXING, lv.INTERRUPTED)  # interrupted: its run stopped part way
 
 
 class ServedFiles:
@@ -543,7 +543,7 @@ def build_ui(services, served: ServedFiles | None = None, allow_server_paths: bo
     from app.guard import check_media_root, media_roots
 
     library = services.library
-    roots = media_roots(getattr(services.settings, "media_roots", ""), services.settings.host, share)
+    roots = media_roots(services.settings.media_roots, services.settings.host, share)
     served = served or ServedFiles(library)
     worker = IndexWorker(services, on_done=served.sync)
     services.index_worker = worker  # the Space demo seeding and tests reach the same worker

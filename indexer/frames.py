@@ -96,10 +96,17 @@ class SampleFeed:
                 self._cond.notify_all()
 
     def fail(self, error: str) -> None:
+        """The pass failed: readers raise UpstreamFailed (a no-op once the pass finished)."""
         with self._cond:
             if not self._ended:
                 self._error, self._ended = error, True
                 self._cond.notify_all()
+
+    def cancel(self, error: str) -> None:
+        """The run was stopped: readers raise UpstreamFailed at their next sample, even after the pass finished."""
+        with self._cond:
+            self._error, self._ended = error, True
+            self._cond.notify_all()
 
     def image(self, sample: Sample) -> np.ndarray:
         return read_sample(self.folder, sample)

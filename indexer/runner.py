@@ -197,7 +197,6 @@ def collect(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
 
 
 TRANSPORT_STREAMS = frozenset((".ts", ".mts", ".m2ts"))  # .ts is also TypeScript: these are sniffed first
-_PROBED: dict[str, object] = {}  # path -> MediaInfo probed by _keep_videos, handed to its VideoJob by _prepare
 
 
 def looks_like_transport_stream(path: Path) -> bool:
@@ -219,14 +218,15 @@ def _not_a_video(err: SightlineError) -> bool:
     return "not a video file" in err.message or "no video stream" in err.message
 
 
-def _keep_videos(library, paths, files: list[Path], summary: IndexSummary) -> list[Path]:
+def _keep_videos(library, paths, files: list[Path], summary: IndexSummary) -> tuple[list[Path], dict]:
     """Files found by walking a folder only count once their content probes as a video: the others (a
     TypeScript `config.ts`, a text file named `.mp4`) are left out and reported in `summary.not_videos`, and a
     row an earlier run registered for one is removed. Files named explicitly are kept: they fail with the probe's
-    message. Videos of the library that probed before are not probed again."""
+    message. Videos of the library that probed before are not probed again. Returns (kept files, {path:
+    MediaInfo} of those probed here, for their VideoJobs: no file is probed twice)."""
     from indexer.media import probe
 
-    _PROBED.clear()
+    probed_now: dict[str, object] = {}
     named = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
     with library.read() as s:
         probed = set(s.scalars(select(Video.path).join(StageRun, StageRun.video_id == Video.id).where(
@@ -240,7 +240,7 @@ def _keep_videos(library, paths, files: list[Path], summary: IndexSummary) -> li
             dropped.append((f, "not an MPEG transport stream (no 0x47 sync bytes)"))
             continue
         try:
-            _PROBED[str(f)] = probe(f)
+            probed_now[str(f)] = probe(f)
         except SightlineError as err:
             if _not_a_video(err):
                 dropped.append((f, err.message))
@@ -255,7 +255,7 @@ def _keep_videos(library, paths, files: list[Path], summary: IndexSummary) -> li
                 remove_video(library, video_id)
         except Exception:  # noqa: BLE001 - a row left behind stays failed and is never served; the run goes on
             log.exception("could not remove the rows of files that are not videos")
-    return kept
+    return kept, probed_now
 
 
 def _stage_key(fp: str, stage, ctx: IndexContext) -> str:
@@ -287,8 +287,9 @@ def _unreadable(path: Path, err: OSError) -> str:
     return f"{path.name}: cannot read the file ({err.strerror})."
 
 
-def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | str:
-    """Register the file and work out which stages still need to run; a string is an error message."""
+def _prepare(library, path: Path, ctx: IndexContext, info=None) -> tuple[VideoJob, list] | str:
+    """Register the file and work out which stages still need to run; a string is an error message. `info`: the
+    file's MediaInfo when it was probed already."""
     try:
         fp = fingerprint(path)
         size = path.stat().st_size
@@ -326,7 +327,7 @@ def _prepare(library, path: Path, ctx: IndexContext) -> tuple[VideoJob, list] | 
     if error:
         return error
     job = VideoJob(video_id, str(path), fp)
-    job.info = _PROBED.pop(str(path), None)  # probed by _keep_videos: not probed twice
+    job.info = info
     return job, pending
 
 
@@ -545,7 +546,7 @@ def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: 
             raise
         summary.aborted, summary.left = problem.user_text(), [str(f) for f in files]
         return summary
-    files = _keep_videos(library, paths, files, summary)
+    files, probed = _keep_videos(library, paths, files, summary)
     given = set(files)
     resumed = [Path(p) for p in leftovers if Path(p) not in given]
     files += resumed
@@ -559,7 +560,7 @@ def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: 
     i = 0
     try:
         for path in files:
-            prepared = _prepare(library, path, ctx)
+            prepared = _prepare(library, path, ctx, probed.get(str(path)))
             if isinstance(prepared, str):
                 summary.failed.append((str(path), prepared))
                 continue
@@ -774,12 +775,8 @@ def _index_one(library, ctx: IndexContext, video: VideoJob, pending: list, pool,
 
 def _cancel_feed(video: VideoJob) -> None:
     """Ctrl-C: followers of the decode pass stop at their next sample, even when the pass itself had finished."""
-    feed = video.feed
-    if feed is None:
-        return
-    with feed._cond:  # SampleFeed.fail is a no-op once the pass finished; readers check _error at every sample
-        feed._error, feed._ended = "indexing interrupted", True
-        feed._cond.notify_all()
+    if video.feed is not None:
+        video.feed.cancel("indexing interrupted")
 
 
 def _end_frames(video: VideoJob, why: str) -> None:
