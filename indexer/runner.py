@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -34,9 +33,11 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from indexer.context import IndexContext, StageOutput, UpstreamFailed, VideoJob
+from indexer.faults import RESOURCE_MESSAGES, ResourceFailure, resource_failure, unreadable
+from indexer.files import collect, keep_videos
 from indexer.frames import drop_frames, start_feed
-from indexer.media import VIDEO_EXTENSIONS, fingerprint
-from storage.catalog import remove as remove_video, remove_vectors, wipe_video_rows
+from indexer.media import fingerprint
+from storage.catalog import remove_vectors, wipe_video_rows
 from indexer.stages import DEFAULT_STAGES, WORKERS
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, MISSING, PENDING, Embedding, Job, Moment, StageRun, Video
@@ -131,131 +132,7 @@ class _Cancelled(Exception):
     """Raised inside a running stage (through its progress callback) once Ctrl-C stopped the run."""
 
 
-class ResourceFailure(SightlineError):
-    """The library cannot take more writes (disk full, read-only, no permission): the run stops after this file."""
-
-
-# How a ResourceFailure's message starts: a file failed this way is taken up again by the next run, whatever it is given.
-RESOURCE_MESSAGES = ("The disk holding the library", "The library folder", "No permission to write in the library")
-_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def resource_failure(err: BaseException, library) -> ResourceFailure | None:
-    """The disk-full / read-only / permission problem behind err (its causes included), as a message that says
-    what to free or fix; None for any other error."""
-    where = library.folder
-    again = "then run `sightline index` again: what is indexed stays, the rest resumes."
-    seen = 0
-    while err is not None and seen < 8:
-        seen += 1
-        text = str(getattr(err, "orig", None) or err).lower()
-        code = getattr(err, "errno", None) if isinstance(err, OSError) else None
-        if code in _FULL or "database or disk is full" in text or "no space left on device" in text:
-            return ResourceFailure(
-                f"The disk holding the library ({where}) is full.",
-                hint=f"Free space on it (the library's cache/ folder of frame caches can be deleted safely), or "
-                f"move the library with --library; {again}")
-        if code == errno.EROFS or "readonly database" in text or "read-only file system" in text:
-            return ResourceFailure(f"The library folder {where} is read-only.",
-                                   hint=f"Make its disk writable (remount it read-write) or choose another "
-                                   f"--library folder; {again}")
-        if code in (errno.EACCES, errno.EPERM) and str(getattr(err, "filename", "") or "").startswith(str(where)):
-            return ResourceFailure(f"No permission to write in the library folder {where} ({err.filename}).",
-                                   hint=f"Give this user write access to the folder (chown/chmod), or choose "
-                                   f"another --library folder; {again}")
-        err = err.__cause__ or err.__context__
-    return None
-
-
-
 # --- planning ---------------------------------------------------------------------------------------------------
-
-
-def collect(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(video files, folders given). Folders are walked for known video extensions; named files are taken as is."""
-    files, roots = [], []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if not p.exists():
-            raise SightlineError(f"No such file or folder: {raw}.", hint="Check the path and try again.")
-        p = p.resolve()
-        if p.is_dir():
-            roots.append(p)
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
-                        files.append(Path(dirpath) / name)
-        else:
-            files.append(p)
-    seen, unique = set(), []
-    for f in files:
-        if f not in seen:
-            seen.add(f)
-            unique.append(f)
-    return unique, roots
-
-
-TRANSPORT_STREAMS = frozenset((".ts", ".mts", ".m2ts"))  # .ts is also TypeScript: these are sniffed first
-
-
-def looks_like_transport_stream(path: Path) -> bool:
-    """MPEG-TS packets start with the sync byte 0x47 every 188 bytes (M2TS/AVCHD: 192, after a 4-byte stamp)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4 * 192 + 4)
-    except OSError:
-        return True  # unreadable: let the run say so for the file
-    for first, stride in ((0, 188), (4, 192)):
-        offsets = [first + k * stride for k in range(4) if first + k * stride < len(head)]
-        if offsets and all(head[o] == 0x47 for o in offsets):
-            return True
-    return False
-
-
-def _not_a_video(err: SightlineError) -> bool:
-    """The probe found no video in the file (text, an image, audio only), as opposed to a damaged video."""
-    return "not a video file" in err.message or "no video stream" in err.message
-
-
-def _keep_videos(library, paths, files: list[Path], summary: IndexSummary) -> tuple[list[Path], dict]:
-    """Files found by walking a folder only count once their content probes as a video: the others (a
-    TypeScript `config.ts`, a text file named `.mp4`) are left out and reported in `summary.not_videos`, and a
-    row an earlier run registered for one is removed. Files named explicitly are kept: they fail with the probe's
-    message. Videos of the library that probed before are not probed again. Returns (kept files, {path:
-    MediaInfo} of those probed here, for their VideoJobs: no file is probed twice)."""
-    from indexer.media import probe
-
-    probed_now: dict[str, object] = {}
-    named = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
-    with library.read() as s:
-        probed = set(s.scalars(select(Video.path).join(StageRun, StageRun.video_id == Video.id).where(
-            StageRun.stage == "probe", Video.status != FAILED)).all())
-    kept, dropped = [], []
-    for f in files:
-        if f in named or str(f) in probed:
-            kept.append(f)
-            continue
-        if f.suffix.lower() in TRANSPORT_STREAMS and not looks_like_transport_stream(f):
-            dropped.append((f, "not an MPEG transport stream (no 0x47 sync bytes)"))
-            continue
-        try:
-            probed_now[str(f)] = probe(f)
-        except SightlineError as err:
-            if _not_a_video(err):
-                dropped.append((f, err.message))
-                continue
-        kept.append(f)
-    summary.not_videos = [(str(f), why) for f, why in dropped]
-    if dropped:
-        try:
-            with library.read() as s:
-                ids = s.scalars(select(Video.id).where(Video.path.in_([str(f) for f, _ in dropped]))).all()
-            for video_id in ids:
-                remove_video(library, video_id)
-        except Exception:  # noqa: BLE001 - a row left behind stays failed and is never served; the run goes on
-            log.exception("could not remove the rows of files that are not videos")
-    return kept, probed_now
 
 
 def _stage_key(fp: str, stage, ctx: IndexContext) -> str:
@@ -279,14 +156,6 @@ def _mark_missing(library, roots: list[Path], present: set[str]) -> list[str]:
     return library.write(fn)
 
 
-def _unreadable(path: Path, err: OSError) -> str:
-    """The message of a video file that cannot be read, saying what to fix."""
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return (f"{path.name}: cannot read the file (permission denied). Give this user read access "
-                f"(chmod a+r '{path}') or run Sightline as a user who can read it, then index again.")
-    return f"{path.name}: cannot read the file ({err.strerror})."
-
-
 def _prepare(library, path: Path, ctx: IndexContext, info=None) -> tuple[VideoJob, list] | str:
     """Register the file and work out which stages still need to run; a string is an error message. `info`: the
     file's MediaInfo when it was probed already."""
@@ -295,7 +164,7 @@ def _prepare(library, path: Path, ctx: IndexContext, info=None) -> tuple[VideoJo
         size = path.stat().st_size
     except OSError as err:
         fp, size = None, None
-        error = _unreadable(path, err)
+        error = unreadable(path, err)
     else:
         error = None
 
@@ -546,7 +415,7 @@ def _index_paths(library, paths, ctx: IndexContext, on_progress, show_progress: 
             raise
         summary.aborted, summary.left = problem.user_text(), [str(f) for f in files]
         return summary
-    files, probed = _keep_videos(library, paths, files, summary)
+    files, probed, summary.not_videos = keep_videos(library, paths, files)
     given = set(files)
     resumed = [Path(p) for p in leftovers if Path(p) not in given]
     files += resumed

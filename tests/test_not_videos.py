@@ -38,7 +38,7 @@ def project(tmp_path) -> Path:
 
 
 def test_transport_stream_sniff_tells_mpeg_ts_from_typescript(tmp_path, project):
-    from indexer.runner import looks_like_transport_stream
+    from indexer.files import looks_like_transport_stream
 
     real = tmp_path / "real.ts"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=0.5:s=64x48", "-c:v", "mpeg2video",
