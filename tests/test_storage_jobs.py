@@ -47,7 +47,8 @@ def test_register_lists_the_stages_whose_mark_differs_in_run_order(library, tmp_
                       text_model="", visual_model="", media_s=1.0, wall_s=0.5, message="no cuts",
                       video_columns={}, stage_order=list(MARKS))
     assert jobs.register(library, path, "fp", 10, 1.0, None, MARKS) == (video_id, ["probe", "speech"])
-    assert jobs.register(library, path, "fp", 10, 1.0, None, {**MARKS, "shots": "fp|s2"})[1] == ["probe", "shots", "speech"]
+    changed = {**MARKS, "shots": "fp|s2"}  # a new model for shots
+    assert jobs.register(library, path, "fp", 10, 1.0, None, changed)[1] == ["probe", "shots", "speech"]
     unreadable = jobs.register(library, str(tmp_path / "b.mp4"), None, None, None, "b.mp4: cannot read", MARKS)
     with library.read() as s:
         v = s.get(Video, unreadable[0])
