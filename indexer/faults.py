@@ -1,6 +1,7 @@
-"""Failures that are not the file's fault: the library's disk is full, read-only or not writable, or the video
-cannot be read. Each becomes a message saying what to free or fix; the runner stops after the file at hand
-(`ResourceFailure`), so the rest stays pending and the next run resumes it.
+"""How indexing fails. Not the file's fault: the library's disk is full, read-only or not writable
+(`ResourceFailure`): the runner stops after the file at hand, so the rest stays pending and the next run resumes
+it. The file's: it cannot be read, or a stage failed on it (`FileFailed`): the error lands in `videos.error` and
+the run goes on. Each message says what to free or fix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from storage.errors import SightlineError
 
 class ResourceFailure(SightlineError):
     """The library cannot take more writes (disk full, read-only, no permission): the run stops after this file."""
+
+
+class FileFailed(SightlineError):
+    """This file could not be indexed; the message (the video's `error`) says why. The run goes on."""
 
 
 # How a ResourceFailure's message starts: a file failed this way is taken up again by the next run, whatever it is given.
@@ -45,7 +50,6 @@ def resource_failure(err: BaseException, library) -> ResourceFailure | None:
                                    f"another --library folder; {again}")
         err = err.__cause__ or err.__context__
     return None
-
 
 
 def unreadable(path: Path, err: OSError) -> str:

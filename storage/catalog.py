@@ -1,13 +1,15 @@
 """The library's catalogue: videos and their state, indexing progress with ETA, a video's moments, removal.
 
-The UI and `sightline status` read through here; the UI polls `progress()` with a gr.Timer, so every function is
-cheap. Writes go through `Library.write`; `wipe_video_rows` is shared with the indexer's re-index path.
+The UI, `sightline status` and the agent's tools read through here; the UI polls `progress()` with a gr.Timer, so
+every function is cheap. Writes go through `Library.write`; `wipe_video_rows` is shared with the indexer's
+re-index path (storage/jobs.py), and `time_left` is the one ETA, the runner's progress events' and the UI's.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from sqlalchemy import delete, func, select
 
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, Embedding, Job, Moment, StageRun, Video
+from storage.search import MomentHit
 
 
 @dataclass
@@ -58,10 +61,21 @@ class Progress:
     @property
     def eta_seconds(self) -> float | None:
         """Remaining media seconds at the speed measured so far; None until there is a speed."""
-        if not self.running or self.media_total <= 0 or self.media_done <= 0 or self.elapsed <= 0:
+        if not self.running or self.media_total <= 0:
             return None
-        speed = self.media_done / self.elapsed  # media seconds per wall second
-        return max(0.0, (self.media_total - self.media_done) / speed)
+        return time_left(self.media_total, self.media_done, self.elapsed)
+
+
+def time_left(media_total: float, media_done: float, elapsed: float,
+              wall_per_media: float | None = None) -> float | None:
+    """Seconds an index run still needs: the media left at the speed measured so far (media done in `elapsed`
+    wall seconds), else at the library's past speed (`wall_per_media`, wall s per media s); None without either."""
+    remaining = max(0.0, media_total - media_done)
+    if media_done > 0 and elapsed > 0:
+        return remaining * elapsed / media_done
+    if wall_per_media:
+        return remaining * wall_per_media
+    return None
 
 
 INTERRUPTED = "interrupted"  # a video whose run stopped part way (Ctrl-C, or its process is gone); it resumes
@@ -73,7 +87,7 @@ def shown_status(status: str, alive: bool) -> str:
     return INTERRUPTED if status == INDEXING and not alive else status
 
 
-def _last_sign_of_life(s, job) -> float:
+def last_sign_of_life(s, job) -> float:
     """A killed job's last committed work: its latest stage mark, else its start."""
     last = s.scalar(select(func.max(StageRun.finished_at)).where(StageRun.finished_at >= job.created_at))
     return max(job.created_at, last or 0.0)
@@ -102,7 +116,7 @@ def progress(library, now: float | None = None) -> Progress:
         status, ended = job.status, job.finished_at
         holder = library.indexing_holder() if status == "running" else None
         if status == "running" and holder is None:  # killed (-9, a crash, power): nothing will finish it
-            status, ended = INTERRUPTED, _last_sign_of_life(s, job)
+            status, ended = INTERRUPTED, last_sign_of_life(s, job)
         end = ended or now
         return Progress(running=status == "running", job_id=job.id, files_total=job.files_total, files_done=job.files_done,
                         media_total=job.media_seconds_total, media_done=job.media_seconds_done,
@@ -223,6 +237,28 @@ def moments_of(library, video_id: int, limit: int = 300) -> list[dict]:
                  "thumbnail": str(library.path_of(m.thumbnail)) if m.thumbnail else None} for m in rows]
 
 
+def answerable_videos(library) -> list[tuple[int, str, float | None]]:
+    """(id, path, duration) of the videos an answer can come from: indexed, or being indexed (their finished
+    stages are searchable)."""
+    with library.read() as s:
+        return [tuple(row) for row in s.execute(select(Video.id, Video.path, Video.duration)
+                                                .where(Video.status.in_([INDEXED, INDEXING])).order_by(Video.id))]
+
+
+def moments_between(library, video_id: int, start: float, end: float,
+                    modalities: Sequence[str] | None = None) -> list[MomentHit]:
+    """Moments of one video overlapping [start, end], by start time (score 0: they were not ranked)."""
+    with library.read() as s:
+        q = (select(Moment, Video).join(Video, Moment.video_id == Video.id)
+             .where(Moment.video_id == video_id, Moment.start <= end, Moment.end >= start)
+             .order_by(Moment.start, Moment.id))
+        if modalities:
+            q = q.where(Moment.modality.in_(list(modalities)))
+        rows = s.execute(q).all()
+    return [MomentHit(m.id, v.id, v.path, m.start, m.end, m.modality, m.text, 0.0,
+                      str(library.path_of(m.thumbnail)) if m.thumbnail else None) for m, v in rows]
+
+
 # The runner redoes every stage whose mark is not one of these (an upgrade marks changed stages `outdated`).
 FINISHED_MARKS = ("done", "skipped")
 
@@ -277,7 +313,7 @@ def status_report(library) -> dict:
             "created_at": job.created_at,
             "finished_at": job.finished_at, "holder": holder if job.status == "running" else None}
         if job is not None and job.status == "running" and not alive:  # its process is gone: killed
-            last_job.update(status=INTERRUPTED, finished_at=_last_sign_of_life(s, job))
+            last_job.update(status=INTERRUPTED, finished_at=last_sign_of_life(s, job))
     by_stage: dict[str, int] = {}
     for stages_of_video in reruns.values():
         for stage in stages_of_video:

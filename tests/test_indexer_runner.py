@@ -151,12 +151,12 @@ def test_a_second_indexing_run_is_refused_until_the_first_ends(library, bikes_mp
 @pytest.mark.slow
 def test_progress_moves_inside_long_stages(tmp_path, monkeypatch):
     """The bar moves while the decode pass, speech and a proxy transcode run, not only when a stage ends."""
-    import indexer.runner as runner
+    import indexer.progress
     from app.services import Services
     from app.settings import load_settings
     from tests.conftest import gradio_media
 
-    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(indexer.progress, "PROGRESS_EVERY_S", 0.0)
     events = []
     services = Services(load_settings({}, library=str(tmp_path / "lib")))
     try:

@@ -1,4 +1,5 @@
-"""The agent's tool backend over a library: read-only storage queries and frames of a window.
+"""The agent's tool backend over a library: storage's read-only queries (storage/catalog.py, storage/search.py)
+and frames of a window.
 
 The app builds one (`LibraryTools(library, embed_text)`) and hands it to `answer`; the agent itself never
 opens the database. Frames come from engine/video_inputs.sample_clip (PTS timestamps, pixel budget).
@@ -9,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sqlalchemy import select
-
 from engine.agent.context import VideoInfo
+from storage import catalog
 from storage.errors import SightlineError
-from storage.models import INDEXED, INDEXING, Moment, Video
 from storage.search import MomentHit, search
 
 # Frames per inspect/verify window are capped by the agent's budget; pixels per frame here. 256*32*32 per frame
@@ -34,9 +33,7 @@ class LibraryTools:
 
     def videos(self) -> list[VideoInfo]:
         """Videos the agent can answer from: indexed, or being indexed (their finished stages are searchable)."""
-        with self.library.read() as s:
-            rows = s.scalars(select(Video).where(Video.status.in_([INDEXED, INDEXING])).order_by(Video.id)).all()
-            return [VideoInfo(v.id, v.path, v.duration) for v in rows]
+        return [VideoInfo(*row) for row in catalog.answerable_videos(self.library)]
 
     def video(self, ref: int | str) -> VideoInfo:
         v = self.library.video_by_ref(ref)
@@ -50,15 +47,7 @@ class LibraryTools:
     def moments(self, video_id: int, start: float, end: float,
                 modalities: Sequence[str] | None = None) -> list[MomentHit]:
         """Moments of one video overlapping [start, end], by start time (score 0: they were not ranked)."""
-        with self.library.read() as s:
-            q = (select(Moment, Video).join(Video, Moment.video_id == Video.id)
-                 .where(Moment.video_id == video_id, Moment.start <= end, Moment.end >= start)
-                 .order_by(Moment.start, Moment.id))
-            if modalities:
-                q = q.where(Moment.modality.in_(list(modalities)))
-            rows = s.execute(q).all()
-        return [MomentHit(m.id, v.id, v.path, m.start, m.end, m.modality, m.text, 0.0,
-                          str(self.library.path_of(m.thumbnail)) if m.thumbnail else None) for m, v in rows]
+        return catalog.moments_between(self.library, video_id, start, end, modalities)
 
     def clip(self, video_id: int, start: float, end: float, fps: float, max_frames: int):
         """Frames of [start, end] at fps (PTS timestamps), within the pixel budget."""
