@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from functools import wraps
 
 import click
 
+from app.errors import shown_as, user_message
 from app.settings import help_of, load_settings
 from storage import validate
 from storage.errors import SightlineError
@@ -16,24 +16,9 @@ from storage.errors import SightlineError
 log = logging.getLogger("sightline")
 
 
-def _user_errors(fn):
-    """SightlineError -> one clean line (click.ClickException); anything else is a bug: log it, point at the log."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SightlineError as err:
-            raise click.ClickException(err.user_text()) from None
-        except (click.ClickException, click.Abort, KeyboardInterrupt):
-            raise
-        except Exception as err:  # noqa: BLE001 - the edge: turn a bug into one line plus a log
-            from app.logs import log_path, log_exception
-
-            log_exception(err)
-            raise click.ClickException(f"Internal error: {err}. Details in {log_path()}.") from None
-
-    return wrapper
+# SightlineError -> one clean line (click.ClickException); anything else is a bug: logged, one line pointing at the
+# log (app/errors.py, the same converter as the web UI's). click's own errors and Ctrl-C pass as they are.
+_user_errors = shown_as(click.ClickException, keep=(click.ClickException, click.Abort))
 
 
 class _PathText(click.Path):
@@ -44,7 +29,7 @@ class _PathText(click.Path):
         try:
             validate.path_text(value, "library folder" if param is not None and param.name == "library" else "path")
         except SightlineError as err:
-            self.fail(err.user_text(), param, ctx)
+            self.fail(user_message(err), param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -57,7 +42,7 @@ def cli(ctx: click.Context, library: str | None) -> None:
     try:  # outside any command's _user_errors: a bad SIGHTLINE_* value is one clean line too
         ctx.obj = load_settings(library=library)
     except SightlineError as err:
-        raise click.ClickException(err.user_text()) from None
+        raise click.ClickException(user_message(err)) from None
 
 
 def _services(ctx: click.Context):
@@ -99,7 +84,7 @@ def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> 
     try:
         summary = services.index(targets, captions=captions, show_progress=True)
     except IndexingBusy as err:
-        click.echo(f"Error: {err.user_text()}", err=True)
+        click.echo(f"Error: {user_message(err)}", err=True)
         sys.exit(EXIT_ABORTED)
     except IndexInterrupted as stop:
         click.echo(stop.summary.describe(), err=True)
@@ -276,7 +261,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, a
 
     settings = replace(ctx.obj, **{k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v})
     _check_listen(settings.host, port if port is not None else settings.port)
-    from app.ui import launch
+    from app.server import launch
 
     launch(settings, share=share)
 
