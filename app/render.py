@@ -1,9 +1,10 @@
 """What the UI shows, as HTML or markdown strings: moments (the seek contract), the library table and the
 indexing progress, the relevance timeline, agent steps as chat messages and the Settings tab's status table.
 
-Pure functions of their arguments (rows from storage/catalog.py, moment dicts, the index worker's last event);
-app/handlers.py calls them and hands the strings to Gradio components. Every moment is an element with class
-"moment", `data-start` (seconds) and `data-video` (path): app/static/seek.js seeks the player on a click.
+Functions of their arguments (rows from storage/catalog.py, moment dicts, the index worker's last event; the
+status table reads the library and what services has loaded); app/handlers.py hands the strings to Gradio.
+Every moment is an element with class "moment", `data-start` (seconds) and `data-video` (path):
+app/static/seek.js seeks the player on a click.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 
 # --- moments as HTML (class "moment", data-start, data-video: the seek contract) --------------------------------
+
 
 def _file_url(path: str) -> str:
     return "gradio_api/file=" + quote(str(path))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from app import handlers as on
+from app import handlers
 from app.guard import media_roots
 from app.index_worker import IndexWorker
 from app.served_files import ServedFiles
@@ -112,37 +112,41 @@ def build_ui(services: Services, served: ServedFiles | None = None, allow_server
 
         # wiring: each event -> its handler, bound to this app's objects ---------------------------------------
 
-        refresh_library = partial(on.refresh_library, library, served, worker)
+        refresh_library = partial(handlers.refresh_library, library, served, worker)
         library_outputs = [progress, videos_table, video_pick, ask_scope, search_scope, library_sig]
         demo.load(refresh_library, library_sig, library_outputs, queue=False, api_name="refresh_library")
         timer.tick(refresh_library, library_sig, library_outputs, queue=False, show_progress="hidden",
                    api_name="refresh_library")  # Gradio names the second one refresh_library_1
 
-        add_path = partial(on.add_path, library, worker, roots, allow_server_paths)
+        add_path = partial(handlers.add_path, library, worker, roots, allow_server_paths)
         add_button.click(add_path, add_box, [library_message, add_box], api_name="add_path")
         add_box.submit(add_path, add_box, [library_message, add_box], api_name=False)
-        uploads.upload(partial(on.add_uploads, services, worker), uploads, [library_message, uploads],
-                       api_name="upload")
-        reindex_button.click(partial(on.reindex, library, worker), video_pick, library_message, api_name="reindex")
-        remove_button.click(partial(on.remove, library, served), video_pick, library_message, api_name="remove")
+        add_uploads = partial(handlers.add_uploads, services, worker)
+        uploads.upload(add_uploads, uploads, [library_message, uploads], api_name="upload")
+        reindex = partial(handlers.reindex, library, worker)
+        reindex_button.click(reindex, video_pick, library_message, api_name="reindex")
+        remove = partial(handlers.remove, library, served)
+        remove_button.click(remove, video_pick, library_message, api_name="remove")
 
-        seek_button.click(partial(on.load_moment, library, served), seek_request, [player, now_playing, playing],
-                          api_name="load_moment", js="(r) => window.sightline ? window.sightline.request() : r")
+        load_moment = partial(handlers.load_moment, library, served)
+        seek_button.click(load_moment, seek_request, [player, now_playing, playing], api_name="load_moment",
+                          js="(r) => window.sightline ? window.sightline.request() : r")
 
-        run_search = partial(on.run_search, services)
+        run_search = partial(handlers.run_search, services)
         search_inputs = [search_box, modalities, search_scope, playing]
         search_outputs = [filmstrip, timeline, search_summary]
         search_button.click(run_search, search_inputs, search_outputs, api_name="search")
         search_box.submit(run_search, search_inputs, search_outputs, api_name=False)
 
-        ask = partial(on.ask, library, answerer(services))
+        ask = partial(handlers.ask, library, answerer(services))
         ask_button.click(ask, [question, ask_scope, chat], [chat, question, evidence], api_name="ask")
         question.submit(ask, [question, ask_scope, chat], [chat, question, evidence], api_name=False)
 
-        show_status = partial(on.show_status, services)
+        show_status = partial(handlers.show_status, services)
         settings_tab.select(show_status, None, status, api_name=False)
         refresh_status.click(show_status, None, status, api_name="status")
-        load_model.click(partial(on.load_model, services), None, status, api_name="load_model")
+        load_model_now = partial(handlers.load_model, services)
+        load_model.click(load_model_now, None, status, api_name="load_model")
 
     served.demo = demo
     served.sync()

@@ -237,6 +237,49 @@ def test_a_real_process_prints_no_traceback(library_dir):
         assert_clear(text)
 
 
+def test_the_cli_and_the_ui_show_the_same_one_line(monkeypatch, tmp_path):
+    """One converter (app/errors.py) for both edges: the same error reads the same in a terminal and in the UI,
+    a streaming handler's included; a bug is logged and named with the log; the edges' own errors pass as they are."""
+    import click
+    import gradio as gr
+
+    from app import cli, handlers
+    from app.errors import user_message
+
+    log = tmp_path / "sightline.log"
+    monkeypatch.setattr("app.logs.log_path", lambda: log)
+
+    def fails(err):
+        raise err
+
+    def streams(err):
+        yield "first"
+        raise err
+
+    for err in (SightlineError("No video 'x' in this library.", hint="Give an id from `sightline status`."),
+                RuntimeError("boom")):
+        line = user_message(err)
+        with pytest.raises(click.ClickException) as in_cli:
+            cli._user_errors(fails)(err)
+        with pytest.raises(gr.Error) as in_ui:
+            handlers.shown_in_ui(fails)(err)
+        with pytest.raises(gr.Error) as streamed:
+            list(handlers.shown_in_ui(streams)(err))
+        assert in_cli.value.message == in_ui.value.message == streamed.value.message == line
+        assert in_cli.value.__cause__ is None and in_cli.value.__suppress_context__  # no traceback shown
+    line = user_message(SightlineError("No video 'x' in this library.", hint="Give an id."))
+    assert line == "No video 'x' in this library. Give an id."
+    assert_clear(line)
+    assert user_message(RuntimeError("boom")) == f"Internal error: boom. Details in {log}."
+    assert "RuntimeError: boom" in log.read_text()  # the traceback went to the log
+    kept = gr.Error("already a message")
+    with pytest.raises(gr.Error) as same:
+        handlers.shown_in_ui(fails)(kept)
+    assert same.value is kept
+    with pytest.raises(click.Abort):
+        cli._user_errors(fails)(click.Abort())
+
+
 # --- the UI's API endpoints ------------------------------------------------------------------------------------------
 
 
