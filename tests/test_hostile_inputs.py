@@ -260,7 +260,7 @@ def test_the_cli_and_the_ui_show_the_same_one_line(monkeypatch, tmp_path):
                 RuntimeError("boom")):
         line = user_message(err)
         with pytest.raises(click.ClickException) as in_cli:
-            cli._user_errors(fails)(err)
+            cli.shown_in_cli(fails)(err)
         with pytest.raises(gr.Error) as in_ui:
             handlers.shown_in_ui(fails)(err)
         with pytest.raises(gr.Error) as streamed:
@@ -277,7 +277,7 @@ def test_the_cli_and_the_ui_show_the_same_one_line(monkeypatch, tmp_path):
         handlers.shown_in_ui(fails)(kept)
     assert same.value is kept
     with pytest.raises(click.Abort):
-        cli._user_errors(fails)(click.Abort())
+        cli.shown_in_cli(fails)(click.Abort())
 
 
 # --- the UI's API endpoints ------------------------------------------------------------------------------------------
