@@ -4,7 +4,7 @@ Settings come from SIGHTLINE_* environment variables (see README); `sightline se
 """
 
 from app.settings import load_settings
-from app.ui import launch
+from app.server import launch
 
 if __name__ == "__main__":
     launch(load_settings())

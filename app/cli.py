@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from functools import wraps
 
 import click
 
+from app.errors import shown_as, user_message
 from app.settings import help_of, load_settings
 from storage import validate
 from storage.errors import SightlineError
@@ -16,24 +16,9 @@ from storage.errors import SightlineError
 log = logging.getLogger("sightline")
 
 
-def _user_errors(fn):
-    """SightlineError -> one clean line (click.ClickException); anything else is a bug: log it, point at the log."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SightlineError as err:
-            raise click.ClickException(err.user_text()) from None
-        except (click.ClickException, click.Abort, KeyboardInterrupt):
-            raise
-        except Exception as err:  # noqa: BLE001 - the edge: turn a bug into one line plus a log
-            from app.logs import log_path, log_exception
-
-            log_exception(err)
-            raise click.ClickException(f"Internal error: {err}. Details in {log_path()}.") from None
-
-    return wrapper
+# SightlineError -> one clean line (click.ClickException); anything else is a bug: logged, one line pointing at the
+# log (app/errors.py, the same converter as the web UI's). click's own errors and Ctrl-C pass as they are.
+shown_in_cli = shown_as(click.ClickException, keep=(click.ClickException, click.Abort))
 
 
 class _PathText(click.Path):
@@ -44,7 +29,7 @@ class _PathText(click.Path):
         try:
             validate.path_text(value, "library folder" if param is not None and param.name == "library" else "path")
         except SightlineError as err:
-            self.fail(err.user_text(), param, ctx)
+            self.fail(user_message(err), param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -54,10 +39,10 @@ class _PathText(click.Path):
 @click.pass_context
 def cli(ctx: click.Context, library: str | None) -> None:
     """Sightline: index a folder of long videos, then search and ask questions about them."""
-    try:  # outside any command's _user_errors: a bad SIGHTLINE_* value is one clean line too
+    try:  # outside any command's shown_in_cli: a bad SIGHTLINE_* value is one clean line too
         ctx.obj = load_settings(library=library)
     except SightlineError as err:
-        raise click.ClickException(err.user_text()) from None
+        raise click.ClickException(user_message(err)) from None
 
 
 def _services(ctx: click.Context):
@@ -78,7 +63,7 @@ EXIT_ABORTED = 4  # the run stopped before its end: disk full, read-only library
 @click.argument("paths", nargs=-1, type=_PathText())
 @click.option("--captions/--no-captions", default=None, help=help_of("captions"))
 @click.pass_context
-@_user_errors
+@shown_in_cli
 def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> None:
     """Index video files or folders (incremental: unchanged files are skipped).
 
@@ -99,7 +84,7 @@ def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> 
     try:
         summary = services.index(targets, captions=captions, show_progress=True)
     except IndexingBusy as err:
-        click.echo(f"Error: {err.user_text()}", err=True)
+        click.echo(f"Error: {user_message(err)}", err=True)
         sys.exit(EXIT_ABORTED)
     except IndexInterrupted as stop:
         click.echo(stop.summary.describe(), err=True)
@@ -149,7 +134,7 @@ def _library_videos(services) -> list[str]:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-@_user_errors
+@shown_in_cli
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show the library: every video, its state and any error."""
     services = _services(ctx)
@@ -201,7 +186,7 @@ def _format_status(report: dict) -> str:
 @click.option("--video", "video", default=None, help="Only this video (id, path or file name).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one per moment.")
 @click.pass_context
-@_user_errors
+@shown_in_cli
 def search(ctx: click.Context, query: str, k: int, modality: tuple[str, ...], video: str | None,
            as_json: bool) -> None:
     """Find moments by what is said, shown or written on screen."""
@@ -224,7 +209,7 @@ def search(ctx: click.Context, query: str, k: int, modality: tuple[str, ...], vi
 @click.option("--video", default=None, help="Ask about this video only (id, path or file name).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"answer", "evidence", "mode"}.')
 @click.pass_context
-@_user_errors
+@shown_in_cli
 def ask(ctx: click.Context, question: str, video: str | None, as_json: bool) -> None:
     """Ask a question; the answer cites moments (video, start, end) as evidence."""
     from storage.timefmt import format_time
@@ -242,7 +227,7 @@ def ask(ctx: click.Context, question: str, video: str | None, as_json: bool) -> 
 
 @cli.command()
 @click.pass_context
-@_user_errors
+@shown_in_cli
 def repair(ctx: click.Context) -> None:
     """Rebuild a damaged or lost library database from every row that can still be read.
 
@@ -265,7 +250,7 @@ def repair(ctx: click.Context) -> None:
               help="Also publish a temporary public *.gradio.live link (set --auth when you do).")
 @click.option("--auth", default=None, help=help_of("auth"), envvar="SIGHTLINE_AUTH", show_envvar=True)
 @click.pass_context
-@_user_errors
+@shown_in_cli
 def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, auth: str | None) -> None:
     """Start the web UI (http://127.0.0.1:7860 by default; only this machine can reach it).
 
@@ -276,7 +261,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, a
 
     settings = replace(ctx.obj, **{k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v})
     _check_listen(settings.host, port if port is not None else settings.port)
-    from app.ui import launch
+    from app.server import launch
 
     launch(settings, share=share)
 

@@ -2,7 +2,7 @@
 without a login, how fast wrong logins may be retried, and which folders of this machine the UI may add.
 
 - Files: every `file=` / `file/` request is answered only when the path is one the library serves
-  (`app.ui.ServedFiles.allows`: a probed, indexed video, its browser proxy, a thumbnail). Anything else,
+  (`app.served_files.ServedFiles.allows`: a probed, indexed video, its browser proxy, a thumbnail). Anything else,
   URLs included (Gradio would answer those with a redirect), gets 403 before Gradio sees it.
 - Framework routes that need no login in Gradio (`/gradio_api/reset`, `/gradio_api/cancel`) get 401 without
   one when the UI has a login.

@@ -139,7 +139,7 @@ def test_settings_view_shows_revision_generation_and_disk_cache(tmp_path):
     from types import SimpleNamespace
 
     from app.services import Services
-    from app.ui import status_markdown
+    from app.render import status_markdown
 
     services = Services(load_settings({}, library=str(tmp_path / "lib")))
     chat = SimpleNamespace(describe=lambda: {

@@ -237,24 +237,80 @@ def test_a_real_process_prints_no_traceback(library_dir):
         assert_clear(text)
 
 
+def test_the_cli_and_the_ui_show_the_same_one_line(monkeypatch, tmp_path):
+    """One converter (app/errors.py) for both edges: the same error reads the same in a terminal and in the UI,
+    a streaming handler's included; a bug is logged and named with the log; the edges' own errors pass as they are."""
+    import click
+    import gradio as gr
+
+    from app import cli, handlers
+    from app.errors import user_message
+
+    log = tmp_path / "sightline.log"
+    monkeypatch.setattr("app.logs.log_path", lambda: log)
+
+    def fails(err):
+        raise err
+
+    def streams(err):
+        yield "first"
+        raise err
+
+    for err in (SightlineError("No video 'x' in this library.", hint="Give an id from `sightline status`."),
+                RuntimeError("boom")):
+        line = user_message(err)
+        with pytest.raises(click.ClickException) as in_cli:
+            cli.shown_in_cli(fails)(err)
+        with pytest.raises(gr.Error) as in_ui:
+            handlers.shown_in_ui(fails)(err)
+        with pytest.raises(gr.Error) as streamed:
+            list(handlers.shown_in_ui(streams)(err))
+        assert in_cli.value.message == in_ui.value.message == streamed.value.message == line
+        assert in_cli.value.__cause__ is None and in_cli.value.__suppress_context__  # no traceback shown
+    line = user_message(SightlineError("No video 'x' in this library.", hint="Give an id."))
+    assert line == "No video 'x' in this library. Give an id."
+    assert_clear(line)
+    assert user_message(RuntimeError("boom")) == f"Internal error: boom. Details in {log}."
+    assert "RuntimeError: boom" in log.read_text()  # the traceback went to the log
+    kept = gr.Error("already a message")
+    with pytest.raises(gr.Error) as same:
+        handlers.shown_in_ui(fails)(kept)
+    assert same.value is kept
+    with pytest.raises(click.Abort):
+        cli.shown_in_cli(fails)(click.Abort())
+
+
 # --- the UI's API endpoints ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def handlers(library_dir):
-    """build_ui over the library; {api_name: handler} as Gradio calls them (demo.fns), no indexing started."""
-    from app import ui
+    """The UI's handlers (app/handlers.py) over the library, bound to the objects app/ui.py binds them to:
+    {endpoint name: handler}; no indexing starts (the worker's submit only records)."""
+    from functools import partial
+
+    from app import handlers as on
+    from app.guard import media_roots
+    from app.index_worker import IndexWorker
+    from app.served_files import ServedFiles
     from app.services import Services
     from app.settings import load_settings
+    from app.space import answerer
 
     services = Services(load_settings({}, library=str(library_dir), vlm_model="none"))
-    demo = ui.build_ui(services)
+    library = services.library
+    served = ServedFiles(library)
+    worker = IndexWorker(services, on_done=served.sync)
     submitted = []
-    services.index_worker.submit = lambda paths: submitted.append(list(paths))
-    fns = {f.api_name: f.fn for f in demo.fns.values() if f.api_name}
+    worker.submit = lambda paths: submitted.append(list(paths))
+    roots = media_roots(services.settings.media_roots, services.settings.host)
+    fns = {"search": partial(on.run_search, services), "ask": partial(on.ask, library, answerer(services)),
+           "reindex": partial(on.reindex, library, worker), "remove": partial(on.remove, library, served),
+           "load_moment": partial(on.load_moment, library, served),
+           "add_path": partial(on.add_path, library, worker, roots, True)}
     fns["submitted"] = submitted
     yield fns
-    services.library.close()
+    library.close()
 
 
 def _call(fn, *args):
@@ -271,7 +327,7 @@ def _call(fn, *args):
     except gr.Error as err:
         return None, err.message
     except Exception as err:  # noqa: BLE001 - any other exception is the failure this test looks for
-        pytest.fail(f"{fn.__name__}{args!r:.200} raised {type(err).__name__}: {err}")
+        pytest.fail(f"{fn.func.__name__}{args!r:.200} raised {type(err).__name__}: {err}")
 
 
 def test_every_endpoint_answers_hostile_input_with_a_message(handlers):

@@ -277,7 +277,7 @@ def test_a_folder_in_place_of_the_faiss_file_or_sidecar_is_rebuilt(built_copy):
 @pytest.mark.slow  # imports gradio (~10 s)
 def test_the_ui_start_names_a_damaged_library(built_copy):
     from app.settings import load_settings
-    from app.ui import create_app
+    from app.server import create_app
 
     _garbage(built_copy / "library.db", _pages(built_copy / "library.db", "moments")[0])
     with pytest.raises(SightlineError) as err:

@@ -241,7 +241,7 @@ def test_the_ui_reruns_what_an_upgrade_changed_by_itself(old_library):
     import time
 
     from app.settings import load_settings
-    from app.ui import create_app
+    from app.server import create_app
     from storage.catalog import status_report
 
     folder, clip = old_library

