@@ -49,7 +49,7 @@ class _PathText(click.Path):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--library", type=_PathText(file_okay=False), default=None, help=help_of("library"),
+@click.option("--library", type=_PathText(file_okay=False), default=None, help=help_of("library", with_default=True),
               envvar="SIGHTLINE_LIBRARY", show_envvar=True)
 @click.pass_context
 def cli(ctx: click.Context, library: str | None) -> None:

@@ -1,6 +1,6 @@
 """The answering agent: a closed observe -> reason -> act loop over the library's tools, with verified evidence.
 
-`answer(question, tools, vlm, video_id=None, on_step=None, max_steps=8)` -> `AgentResult`; with `vlm=None` it
+`answer(question, tools, vlm, video_id=None, on_step=None, max_steps=DEFAULT_AGENT_STEPS)` -> `AgentResult`; with `vlm=None` it
 answers in evidence-only mode. Tools are handed in (`LibraryTools` is the one the app composes).
 """
 
