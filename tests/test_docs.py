@@ -18,7 +18,8 @@ def test_every_setting_has_help_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for setting in SETTINGS:
         assert setting.help.strip(), f"setting {setting.name} has no help text"
-        assert f"`SIGHTLINE_{setting.name.upper()}`" in readme, f"SIGHTLINE_{setting.name.upper()} is missing from README.md"
+        variable = f"SIGHTLINE_{setting.name.upper()}"
+        assert f"`{variable}`" in readme, f"{variable} is missing from README.md"
 
 
 def test_the_readme_settings_table_is_the_generated_one():

@@ -105,8 +105,8 @@ def _observe_first(ctx: Context) -> str:
 
 
 def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
-           on_step: Callable[[Step], None] | None = None, max_steps: int = DEFAULT_AGENT_STEPS, budget: Budget | None = None,
-           no_model_reason: str = "") -> AgentResult:
+           on_step: Callable[[Step], None] | None = None, max_steps: int = DEFAULT_AGENT_STEPS,
+           budget: Budget | None = None, no_model_reason: str = "") -> AgentResult:
     """Answer a question over the library (or one video) with evidence; evidence-only when `vlm` is None."""
     question = check_question(question)
     check_library(tools)
