@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from engine.defaults import DEFAULT_AGENT_STEPS, DEFAULT_CACHE_BYTES, DISK_DEFAULT_MAX, DISK_DEFAULT_SHARE, GIB
+from indexer.defaults import DEFAULT_OCR_INTERVAL, DEFAULT_SAMPLE_FPS, DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL
 
 
 class Setting(NamedTuple):
@@ -25,21 +26,23 @@ def _default_library() -> str:
     return str(Path(user_data_dir("sightline", appauthor=False)) / "library")
 
 
-# Defaults are the offline profile: everything runs on a CPU with models shipped in wheels. The engine's own
-# defaults come from engine/defaults.py, so a library function called without settings agrees with them.
+# Defaults are the offline profile: everything runs on a CPU with models shipped in wheels. Those the engine and the
+# indexer use too come from their defaults.py, so a function called without settings agrees with the settings.
 SETTINGS: tuple[Setting, ...] = (
     Setting("library", None, "Library folder (database, vectors, thumbnails, caches).", "a per-user data folder"),
     Setting("database_url", "", "SQLAlchemy URL of the database; empty means library.db inside the library folder.",
             "(library.db)"),
-    Setting("whisper_model", "tiny.en",
+    Setting("whisper_model", DEFAULT_WHISPER_MODEL,
             "faster-whisper model: 'tiny.en' (shipped offline), any model name or a local path."),
     Setting("whisper_language", "", "Spoken language code ('en', 'de', ...); empty means detect it.", "(detect)"),
-    Setting("text_model", "all-MiniLM-L6-v2",
+    Setting("text_model", DEFAULT_TEXT_MODEL,
             "Sentence-transformers text embedder: name (shipped offline) or local path."),
     Setting("visual_model", "",
             "CLIP/SigLIP model id or local path for visual search; empty disables visual embeddings.", "(off)"),
-    Setting("ocr_interval", 2.0, "Seconds between on-screen text checks inside a shot (keyframes are always read)."),
-    Setting("sample_fps", 1.0, "Frames per second sampled for shots' keyframes, on-screen text and visual embeddings."),
+    Setting("ocr_interval", DEFAULT_OCR_INTERVAL,
+            "Seconds between on-screen text checks inside a shot (keyframes are always read)."),
+    Setting("sample_fps", DEFAULT_SAMPLE_FPS,
+            "Frames per second sampled for shots' keyframes, on-screen text and visual embeddings."),
     Setting("captions", False, "Write a VLM caption per segment while indexing (needs a loaded model; slow)."),
     Setting("vlm_model", "auto",
             "Answering model: 'auto' (InternVideo3 on a CUDA GPU, none on CPU), 'none', an id or path."),

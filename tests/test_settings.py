@@ -32,13 +32,20 @@ def test_an_override_that_is_no_setting_is_an_error():
         load_settings({}, cache_byte=1)  # a misspelt or renamed setting must not fall back to its default
 
 
-def test_the_engine_defaults_are_the_settings_defaults():
+def test_the_engine_and_indexer_defaults_are_the_settings_defaults():
     from engine.agent import Budget, answer
     from engine.chat import VideoChat
     from engine.loading import load_vlm
     from engine.prefix_cache import PrefixCache
+    from indexer.context import IndexOptions
+    from indexer.embedders import load_text_embedder
+    from indexer.speech import load_transcriber
 
     default = {s.name: s.default for s in SETTINGS}
+    options = IndexOptions()
+    assert (options.sample_fps, options.ocr_interval) == (default["sample_fps"], default["ocr_interval"]) == (1.0, 2.0)
+    assert inspect.signature(load_text_embedder).parameters["name"].default == default["text_model"]
+    assert inspect.signature(load_transcriber).parameters["model"].default == default["whisper_model"]
     params = [inspect.signature(VideoChat).parameters["cache_bytes"],
               inspect.signature(PrefixCache).parameters["byte_budget"],
               inspect.signature(load_vlm).parameters["cache_bytes"]]
