@@ -34,8 +34,8 @@ class _PathText(click.Path):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--library", type=_PathText(file_okay=False), default=None, help=help_of("library"),
-              envvar="SIGHTLINE_LIBRARY", show_envvar=True)
+@click.option("--library", type=_PathText(file_okay=False), default=None,
+              help=help_of("library", with_default=True), envvar="SIGHTLINE_LIBRARY", show_envvar=True)
 @click.pass_context
 def cli(ctx: click.Context, library: str | None) -> None:
     """Sightline: index a folder of long videos, then search and ask questions about them."""

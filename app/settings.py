@@ -1,10 +1,23 @@
-"""Every setting once: (name, default, help). Read at start-up from SIGHTLINE_<NAME> and CLI flags."""
+"""Every setting once (name, default, help): the SETTINGS table, read at start-up from SIGHTLINE_<NAME> and CLI flags
+into one frozen `Settings`, and the README's settings table generated from it (`python -m app.settings`).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
+
+from engine.defaults import DEFAULT_AGENT_STEPS, DEFAULT_CACHE_BYTES, DISK_DEFAULT_MAX, DISK_DEFAULT_SHARE, GIB
+from indexer.defaults import DEFAULT_OCR_INTERVAL, DEFAULT_SAMPLE_FPS, DEFAULT_TEXT_MODEL, DEFAULT_WHISPER_MODEL
+
+
+class Setting(NamedTuple):
+    name: str
+    default: object  # its type is the setting's type; None (library) is computed at start-up
+    help: str
+    shown: str = ""  # the default as the README shows it, where the value itself says little ("" shows the value)
 
 
 def _default_library() -> str:
@@ -13,33 +26,52 @@ def _default_library() -> str:
     return str(Path(user_data_dir("sightline", appauthor=False)) / "library")
 
 
-# (name, default, help). Defaults are the offline profile: everything runs on a CPU with models shipped in wheels.
-SETTINGS: tuple[tuple[str, object, str], ...] = (
-    ("library", None, "Library folder (database, vectors, thumbnails, caches). Default: a per-user data folder."),
-    ("database_url", "", "SQLAlchemy URL of the database; empty means library.db inside the library folder."),
-    ("whisper_model", "tiny.en", "faster-whisper model: 'tiny.en' (shipped offline), any model name or a local path."),
-    ("whisper_language", "", "Spoken language code ('en', 'de', ...); empty means detect it."),
-    ("text_model", "all-MiniLM-L6-v2", "Sentence-transformers text embedder: name (shipped offline) or local path."),
-    ("visual_model", "", "CLIP/SigLIP model id or local path for visual search; empty disables visual embeddings."),
-    ("ocr_interval", 2.0, "Seconds between on-screen text checks inside a shot (keyframes are always read)."),
-    ("sample_fps", 1.0, "Frames per second sampled for shots' keyframes, on-screen text and visual embeddings."),
-    ("captions", False, "Write a VLM caption per segment while indexing (needs a loaded model; slow)."),
-    ("vlm_model", "auto", "Answering model: 'auto' (InternVideo3 on a CUDA GPU, none on CPU), 'none', an id or path."),
-    ("quantization", "auto", "'auto', 'nf4', 'int8' or 'bf16'. auto picks nf4 when bf16 does not fit the GPU."),
-    ("cache_bytes", 4 * 2**30, "Memory budget for per-video latent caches; older ones spill to the library's disk."),
-    ("cache_disk_bytes", 0, "Disk cap for spilled per-video caches (LRU deleted); 0: min(20 GiB, 10% of free disk)."),
-    ("vlm_revision", "", "Hub commit of the answering model to load; empty: the commit pinned in engine/registry.py."),
-    ("agent_steps", 8, "Most tool calls the agent makes before it must answer."),
-    ("host", "127.0.0.1", "Address the web UI binds to. Use 0.0.0.0 to serve your network (set an auth too)."),
-    ("port", 7860, "Port of the web UI."),
-    ("auth", "", "'user:password' required by the web UI; empty means no login."),
-    ("max_upload_mb", 2048, "Largest file the web UI accepts, in MB."),
-    ("media_roots", "", "Folders (':'-separated) the web UI may add; empty: any on localhost, uploads only on a network."),
+# Defaults are the offline profile: everything runs on a CPU with models shipped in wheels. Those the engine and the
+# indexer use too come from their defaults.py, so a function called without settings agrees with the settings.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("library", None, "Library folder (database, vectors, thumbnails, caches).", "a per-user data folder"),
+    Setting("database_url", "", "SQLAlchemy URL of the database; empty means library.db inside the library folder.",
+            "(library.db)"),
+    Setting("whisper_model", DEFAULT_WHISPER_MODEL,
+            "faster-whisper model: 'tiny.en' (shipped offline), any model name or a local path."),
+    Setting("whisper_language", "", "Spoken language code ('en', 'de', ...); empty means detect it.", "(detect)"),
+    Setting("text_model", DEFAULT_TEXT_MODEL,
+            "Sentence-transformers text embedder: name (shipped offline) or local path."),
+    Setting("visual_model", "",
+            "CLIP/SigLIP model id or local path for visual search; empty disables visual embeddings.", "(off)"),
+    Setting("ocr_interval", DEFAULT_OCR_INTERVAL,
+            "Seconds between on-screen text checks inside a shot (keyframes are always read)."),
+    Setting("sample_fps", DEFAULT_SAMPLE_FPS,
+            "Frames per second sampled for shots' keyframes, on-screen text and visual embeddings."),
+    Setting("captions", False, "Write a VLM caption per segment while indexing (needs a loaded model; slow)."),
+    Setting("vlm_model", "auto",
+            "Answering model: 'auto' (InternVideo3 on a CUDA GPU, none on CPU), 'none', an id or path."),
+    Setting("quantization", "auto", "'auto', 'nf4', 'int8' or 'bf16'. auto picks nf4 when bf16 does not fit the GPU."),
+    Setting("cache_bytes", DEFAULT_CACHE_BYTES,
+            "Memory budget for per-video latent caches; older ones spill to the library's disk.",
+            f"{DEFAULT_CACHE_BYTES / GIB:g} GiB"),
+    Setting("cache_disk_bytes", 0, "Disk cap for spilled per-video caches (`cache/prefix-kv`); least recently used "
+            "files are deleted, writes run in the background.",
+            f"min({DISK_DEFAULT_MAX / GIB:g} GiB, {DISK_DEFAULT_SHARE:.0%} of free disk)"),
+    Setting("vlm_revision", "",
+            "Hub commit of the answering model to load; empty: the commit pinned in `engine/registry.py`.",
+            "(registry's commit)"),
+    Setting("agent_steps", DEFAULT_AGENT_STEPS, "Most tool calls the agent makes before it must answer."),
+    Setting("host", "127.0.0.1",
+            "Address the web UI binds to. Use 0.0.0.0 to serve your network (set an auth too)."),
+    Setting("port", 7860, "Port of the web UI."),
+    Setting("auth", "", "'user:password' required by the web UI; empty means no login.", "(none)"),
+    Setting("max_upload_mb", 2048, "Largest file the web UI accepts, in MB."),
+    Setting("media_roots", "", "Folders (`:`-separated) the web UI may add; empty: any folder when it listens on "
+            "localhost only, none (uploads only) when it serves a network or a `--share` link.", "(see text)"),
 )
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The settings of one process, read once by `load_settings` and passed down. No defaults here: SETTINGS has
+    them, so a field missing from either is an error at start-up, never a silent fallback."""
+
     library: str
     database_url: str
     whisper_model: str
@@ -52,14 +84,14 @@ class Settings:
     vlm_model: str
     quantization: str
     cache_bytes: int
+    cache_disk_bytes: int
+    vlm_revision: str
     agent_steps: int
     host: str
     port: int
     auth: str
     max_upload_mb: int
     media_roots: str
-    cache_disk_bytes: int = 0
-    vlm_revision: str = ""
 
     @property
     def library_path(self) -> Path:
@@ -99,10 +131,15 @@ def _coerce(value: str, default: object, name: str = "") -> object:
 
 
 def load_settings(environ: dict | None = None, **overrides) -> Settings:
-    """Settings from defaults <- SIGHTLINE_* environment <- explicit overrides (CLI flags; None means unset)."""
+    """Settings from defaults <- SIGHTLINE_* environment <- explicit overrides (CLI flags; None means unset).
+
+    A bad SIGHTLINE_* value raises SightlineError naming it; an override that is no setting raises TypeError."""
+    unknown = set(overrides) - {s.name for s in SETTINGS}
+    if unknown:
+        raise TypeError(f"load_settings() got overrides that are no setting: {', '.join(sorted(unknown))}")
     env = os.environ if environ is None else environ
     values = {}
-    for name, default, _help in SETTINGS:
+    for name, default, _help, _shown in SETTINGS:
         value = default
         raw = env.get(f"SIGHTLINE_{name.upper()}")
         if raw not in (None, ""):
@@ -112,9 +149,67 @@ def load_settings(environ: dict | None = None, **overrides) -> Settings:
         values[name] = value
     if not values["library"]:
         values["library"] = _default_library()
-    names = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in names})
+    return Settings(**values)
 
 
-def help_of(name: str) -> str:
-    return next(h for n, _d, h in SETTINGS if n == name)
+def help_of(name: str, with_default: bool = False) -> str:
+    """A setting's help text (a CLI flag's help), with its default appended when asked."""
+    setting = next(s for s in SETTINGS if s.name == name)
+    return f"{setting.help} Default: {_shown_default(setting).strip('`')}." if with_default else setting.help
+
+
+# --- the README's settings table ------------------------------------------------------------------------------
+
+_MARKER_START = "<!-- settings-table"  # how the block's first line starts, whatever the rest says
+TABLE_MARKER = (f"{_MARKER_START}: generated by `python -m app.settings --write README.md`; "
+                "tests/test_docs.py checks it -->")
+
+
+def _shown_default(setting: Setting) -> str:
+    """The default as the README shows it: its `shown` words, else the value as code (`false`, `7860`)."""
+    if setting.shown:
+        return setting.shown
+    value = str(setting.default).lower() if isinstance(setting.default, bool) else setting.default
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The README's settings block: the marker line, then one Markdown table row per setting, in SETTINGS order."""
+    lines = [TABLE_MARKER, "| variable | default | what it does |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        cells = (f"`SIGHTLINE_{s.name.upper()}`", _shown_default(s), s.help)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_in(readme: str) -> str:
+    """The settings block of a README's text: the marker line and the table rows under it ("" when absent)."""
+    lines = readme.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith(_MARKER_START)), None)
+    if start is None:
+        return ""
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "".join(lines[start:end])
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m app.settings", description=settings_table.__doc__)
+    parser.add_argument("--write", metavar="README", help="replace the settings block of this file in place")
+    args = parser.parse_args(argv)
+    if not args.write:
+        print(settings_table(), end="")
+        return
+    path = Path(args.write)
+    text = path.read_text(encoding="utf-8")
+    old = table_in(text)
+    if not old:
+        raise SystemExit(f"{path} has no line starting with {_MARKER_START!r}")
+    path.write_text(text.replace(old, settings_table(), 1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _main()

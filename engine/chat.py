@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from engine.defaults import DEFAULT_CACHE_BYTES
 from engine.video_inputs import Clip, build_inputs
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class VideoChat:
         model,
         processor,
         plan,
-        cache_bytes: int = 4 * 2**30,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         library: str | Path | None = None,
         total_pixels: int | None = None,
         use_latent_cache: bool | None = None,

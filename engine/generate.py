@@ -245,9 +245,8 @@ def make_generator(chat) -> LatentGenerator:
     model = chat.model
     if find_m2la_modules(model) and not uses_latent_cache(model):
         install_latent_attention(model)
-    folder = Path(chat.library) / "cache" / "prefix-kv" if getattr(chat, "library", None) else None
-    cache = PrefixCache(folder, byte_budget=int(getattr(chat, "cache_bytes", 4 * 2**30)),
-                        disk_bytes=int(getattr(chat, "cache_disk_bytes", 0) or 0))
+    folder = Path(chat.library) / "cache" / "prefix-kv" if chat.library else None
+    cache = PrefixCache(folder, byte_budget=int(chat.cache_bytes), disk_bytes=int(chat.cache_disk_bytes or 0))
     cfg = model.config
     revision = "|".join(
         str(x)

@@ -15,6 +15,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.defaults import DEFAULT_CACHE_BYTES, GIB
 from engine.registry import CPU_MAX_PARAMS, DEFAULT_GPU_MODEL, ModelSpec, known_names, resolve, with_family
 from storage.errors import SightlineError
 
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 TRANSFORMERS_MIN, TRANSFORMERS_MAX = "4.57.3", "5"  # InternVideo3's remote code needs >=4.57.3,<5
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16")
-GIB = 2**30
 
 # Modules bitsandbytes must leave alone. "model.visual" is the dotted name that works in 4.57 and 5.x
 # (offline-stack.md section 4: plain "visual" stops matching in 5.x); lm_head stays in bf16 for quality;
@@ -405,7 +405,7 @@ def resolve_setting(model: str, free_bytes: int | None) -> ModelSpec:
 def load_vlm(
     model: str = "auto",
     quantization: str = "auto",
-    cache_bytes: int = 4 * GIB,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
     library: str | Path | None = None,
     reuse: bool = True,
     revision: str | None = None,

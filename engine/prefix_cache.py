@@ -24,15 +24,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.defaults import DEFAULT_CACHE_BYTES, DISK_DEFAULT_MAX, DISK_DEFAULT_SHARE
+
 log = logging.getLogger(__name__)
 
 FORMAT = "sightline-prefix-v1"
-DISK_DEFAULT_MAX = 20 * 2**30  # the default cap is min(this, DISK_DEFAULT_SHARE of the free disk)
-DISK_DEFAULT_SHARE = 0.10
 
 
 def default_disk_bytes(folder: str | Path) -> int:
-    """min(20 GiB, 10% of the free space) of the disk holding folder (or its nearest existing parent)."""
+    """min(DISK_DEFAULT_MAX, DISK_DEFAULT_SHARE of the free space) of the disk holding folder (or its nearest
+    existing parent)."""
     import shutil
 
     probe = Path(folder).resolve()
@@ -114,7 +115,7 @@ class PrefixCache:
     """LRU of PrefixEntry bounded by byte_budget (bytes of cache tensors), spilling to safetensors in folder."""
 
     def __init__(
-        self, folder: str | Path | None, byte_budget: int = 4 * 2**30, device: Any = None, disk_bytes: int = 0
+        self, folder: str | Path | None, byte_budget: int = DEFAULT_CACHE_BYTES, device: Any = None, disk_bytes: int = 0
     ):
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None:

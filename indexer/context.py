@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.defaults import DEFAULT_OCR_INTERVAL, DEFAULT_SAMPLE_FPS
 from indexer.media import MediaInfo
 from storage.errors import SightlineError
 
@@ -26,8 +27,8 @@ CaptionFn = Callable[[np.ndarray, Sequence[float]], str]
 class IndexOptions:
     """The settings the indexer reads (a small frozen copy of app Settings, STYLE rule 8)."""
 
-    sample_fps: float = 1.0  # frames per second cached for keyframes, on-screen text and visual moments
-    ocr_interval: float = 2.0  # seconds between on-screen text checks inside a shot (keyframes always read)
+    sample_fps: float = DEFAULT_SAMPLE_FPS
+    ocr_interval: float = DEFAULT_OCR_INTERVAL
     sample_side: int = 960  # longer side of cached frames (OCR reads these)
     # Text detection alone runs on a copy this long first; only frames where it finds text are read in full.
     # 320 px keeps titles, cards and captions of 720p+ video; 0 reads every changed frame (slower, finds tiny text).

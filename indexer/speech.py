@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from indexer.defaults import DEFAULT_WHISPER_MODEL
 from indexer.phrases import Word
 from storage.errors import SightlineError
 
 SAMPLE_RATE = 16000
-DEFAULT_MODEL = "tiny.en"
 _PACKAGED = {"tiny.en", "whisper-tiny.en", "default", ""}
 
 _models: dict[tuple, Any] = {}
@@ -114,7 +114,7 @@ def _resolve(model: str) -> str:
 
 
 def load_transcriber(
-    model: str = DEFAULT_MODEL,
+    model: str = DEFAULT_WHISPER_MODEL,
     language: str | None = None,
     cpu_threads: int = 0,
     device: str = "cpu",
@@ -125,7 +125,7 @@ def load_transcriber(
 
     cpu_threads=0 means half the machine's cores: speech runs beside frame decoding and OCR in the runner.
     """
-    model = model or DEFAULT_MODEL
+    model = model or DEFAULT_WHISPER_MODEL
     if cpu_threads <= 0:
         cpu_threads = max(1, (os.cpu_count() or 2) // 2)
     source = _resolve(model)

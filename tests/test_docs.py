@@ -9,16 +9,25 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from app.cli import cli
-from app.settings import SETTINGS, load_settings
+from app.settings import SETTINGS, TABLE_MARKER, load_settings, settings_table, table_in
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_setting_has_help_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    for name, _default, help_text in SETTINGS:
-        assert help_text.strip(), f"setting {name} has no help text"
-        assert f"`SIGHTLINE_{name.upper()}`" in readme, f"SIGHTLINE_{name.upper()} is missing from README.md"
+    for setting in SETTINGS:
+        assert setting.help.strip(), f"setting {setting.name} has no help text"
+        variable = f"SIGHTLINE_{setting.name.upper()}"
+        assert f"`{variable}`" in readme, f"{variable} is missing from README.md"
+
+
+def test_the_readme_settings_table_is_the_generated_one():
+    block = table_in((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert block.startswith(TABLE_MARKER), f"README.md has no line {TABLE_MARKER!r}"
+    assert block == settings_table(), ("README.md's settings table differs from app/settings.py; regenerate it with "
+                                       "`python -m app.settings --write README.md`")
+    assert block.count("\n") == len(SETTINGS) + 3  # the marker, the header, its rule and one row per setting
 
 
 def test_readme_gives_exactly_the_two_setup_commands():

@@ -111,7 +111,8 @@ def test_prefix_cache_key_uses_the_resolved_commit(tmp_path):
     keys = []
     for commit in ("1" * 40, "2" * 40):
         plan = SimpleNamespace(quantization="bf16", spec=SimpleNamespace(revision=commit))
-        gen = make_generator(SimpleNamespace(model=model, library=tmp_path, cache_bytes=2**20, name="m", plan=plan))
+        gen = make_generator(SimpleNamespace(model=model, library=tmp_path, cache_bytes=2**20, cache_disk_bytes=0,
+                                             name="m", plan=plan))
         assert commit in gen.revision
         keys.append(gen.revision)
     assert keys[0] != keys[1]  # another commit: another prefix-cache key, so no stale cache is reused

@@ -170,7 +170,8 @@ def test_lru_byte_budget_spills_to_disk_and_loads_back(tmp_path):
 def test_make_generator_serves_videochat_and_reports_stats(model, tmp_path):
     cfg = model.config
     chat = SimpleNamespace(
-        model=model, library=tmp_path, cache_bytes=2**22, name="tiny-iv3", plan=SimpleNamespace(quantization="bf16")
+        model=model, library=tmp_path, cache_bytes=2**22, cache_disk_bytes=0, name="tiny-iv3",
+        plan=SimpleNamespace(quantization="bf16"),
     )
     gen = make_generator(chat)
     clip = SimpleNamespace(path="/videos/a.mp4", timestamps=[0.0, 0.5, 1.0, 1.5],

@@ -1,7 +1,8 @@
 """The answering agent: a closed observe -> reason -> act loop over the library's tools, with verified evidence.
 
-`answer(question, tools, vlm, video_id=None, on_step=None, max_steps=8)` -> `AgentResult`; with `vlm=None` it
-answers in evidence-only mode. Tools are handed in (`LibraryTools` is the one the app composes).
+`answer(question, tools, vlm, video_id=None, on_step=None, max_steps=DEFAULT_AGENT_STEPS)` -> `AgentResult`
+(engine/defaults.py); with `vlm=None` it answers in evidence-only mode. Tools are handed in (`LibraryTools` is the
+one the app composes).
 """
 
 from engine.agent.context import Budget, Step, ToolBackend, VideoInfo

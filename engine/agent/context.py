@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from engine.agent.evidence import overlap
+from engine.defaults import DEFAULT_AGENT_STEPS
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ToolBackend(Protocol):
 class Budget:
     """How far one question may go before the agent must answer."""
 
-    max_steps: int = 8  # tool calls the model may make (malformed turns count too)
+    max_steps: int = DEFAULT_AGENT_STEPS  # tool calls the model may make (malformed turns count too)
     max_context_tokens: int = 24_000  # estimated size of the evolving context; old results are elided first
     max_total_tokens: int = 200_000  # estimated tokens read and written by all model calls (frames included)
     max_new_tokens: int = 512  # per model turn

@@ -20,6 +20,7 @@ from engine.agent.evidence import Evidence
 from engine.agent.parsing import parse_turn, strip_thinking
 from engine.agent.resolve import check_answer_times, fallback_evidence, resolve_evidence
 from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, tool_schemas
+from engine.defaults import DEFAULT_AGENT_STEPS
 from storage.errors import SightlineError
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ def _observe_first(ctx: Context) -> str:
 
 
 def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
-           on_step: Callable[[Step], None] | None = None, max_steps: int = 8, budget: Budget | None = None,
-           no_model_reason: str = "") -> AgentResult:
+           on_step: Callable[[Step], None] | None = None, max_steps: int = DEFAULT_AGENT_STEPS,
+           budget: Budget | None = None, no_model_reason: str = "") -> AgentResult:
     """Answer a question over the library (or one video) with evidence; evidence-only when `vlm` is None."""
     question = check_question(question)
     check_library(tools)
