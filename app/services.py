@@ -30,7 +30,7 @@ class Services:
 
     @cached_property
     def text_embedder(self):
-        from indexer.embedders import load_text_embedder
+        from indexer.models.embedders import load_text_embedder
 
         return load_text_embedder(self.settings.text_model)
 
@@ -68,17 +68,17 @@ class Services:
         return ctx
 
     def _visual_embedder(self):
-        from indexer.embedders import load_visual_embedder
+        from indexer.models.embedders import load_visual_embedder
 
         return load_visual_embedder(self.settings.visual_model)
 
     def _transcriber(self):
-        from indexer.speech import load_transcriber
+        from indexer.models.speech import load_transcriber
 
         return load_transcriber(self.settings.whisper_model, self.settings.whisper_language or None)
 
     def _ocr(self):
-        from indexer.ocr import load_ocr
+        from indexer.models.ocr import load_ocr
 
         return load_ocr()
 
