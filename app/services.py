@@ -5,17 +5,17 @@ The CLI and the UI both talk to a `Services`; nothing below app/ opens another l
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
 from app.settings import Settings
 from storage import Library
+from storage.once import OnceCache
 
 
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._lock = threading.Lock()
+        self._vlm: OnceCache[tuple] = OnceCache()  # (VideoChat | None, reason), loaded on the first question
 
     @cached_property
     def library(self) -> Library:
@@ -99,13 +99,13 @@ class Services:
 
     def vlm(self):
         """(VideoChat, "") or (None, why no model is loaded), per settings; loaded once, on the first question."""
-        lock = self.__dict__.setdefault("_vlm_lock", threading.Lock())
-        with lock:
-            if "_vlm" not in self.__dict__:
-                from engine.loading import load_vlm_or_reason
+        from engine.loading import load_vlm_or_reason
 
-                self._vlm = load_vlm_or_reason(self.settings)
-            return self._vlm
+        return self._vlm.get("vlm", lambda: load_vlm_or_reason(self.settings))
+
+    def loaded_vlm(self):
+        """What `vlm()` returned if it has run, else None; never loads (the UI's model status)."""
+        return self._vlm.peek("vlm")
 
     def agent_tools(self):
         """The agent's tools over this library (the agent never opens the database itself). The text embedder

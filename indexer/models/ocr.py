@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from storage.errors import SightlineError
+from storage.once import OnceCache
 
 # 640 px reads captions down to ~10 px cap height in a 720p frame (tests/test_models_ocr.py) at about 0.6x the
 # CPU time of 960 px and 0.3x of full 720p; raise it (960, or None for native) for small scene text.
@@ -29,8 +29,8 @@ DEFAULT_MIN_CONFIDENCE = 0.6
 SIMILAR = 0.8  # SequenceMatcher ratio above which two normalised reads are the same text
 MIN_CONTAINED = 4  # shortest read that may merge into a longer one by containment
 
-_engines: dict[tuple, Any] = {}
-_lock = threading.Lock()
+# Loaded RapidOCR engines by (max_side, threads, use_cls); a failed start is not kept.
+_engines: OnceCache = OnceCache()
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,7 @@ def load_ocr(
 
     use_cls (the 180-degree text classifier) is off by default: upside-down text is rare in video and it costs time.
     """
-    key = (max_side, threads, use_cls)
-    with _lock:
-        if key not in _engines:
-            _engines[key] = _load_engine(max_side, threads, use_cls)
-        engine = _engines[key]
+    engine = _engines.get((max_side, threads, use_cls), lambda: _load_engine(max_side, threads, use_cls))
     return OcrReader(engine=engine, max_side=max_side, min_confidence=min_confidence)
 
 
