@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.models.ocr import TextRun, merge_text_runs, normalise_text
+from indexer.text_runs import TextRun, merge_text_runs, normalise_text
 
 
 def frame_at(path, seconds: float) -> np.ndarray:
