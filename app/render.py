@@ -201,7 +201,7 @@ def model_status(services: Services) -> dict:
     """What the answering model is (or why there is none), from what services has loaded so far."""
     settings = services.settings
     info: dict = {"model": None, "reason": "", "quantization": settings.quantization, "device": None, "cache": {}}
-    loaded = services.__dict__.get("_vlm")  # (VideoChat | None, reason) once services.vlm() has run
+    loaded = services.loaded_vlm()  # (VideoChat | None, reason) once services.vlm() has run
     if loaded is None:
         info["reason"] = (f"not loaded yet (SIGHTLINE_VLM_MODEL={settings.vlm_model!r}); it loads on the first "
                           "question or with the button below. Until then answers are evidence-only.")

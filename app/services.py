@@ -5,17 +5,17 @@ The CLI and the UI both talk to a `Services`; nothing below app/ opens another l
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
 from app.settings import Settings
 from storage import Library
+from storage.once import OnceCache
 
 
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._lock = threading.Lock()
+        self._vlm: OnceCache[tuple] = OnceCache()  # (VideoChat | None, reason), loaded on the first question
 
     @cached_property
     def library(self) -> Library:
@@ -30,7 +30,7 @@ class Services:
 
     @cached_property
     def text_embedder(self):
-        from indexer.embedders import load_text_embedder
+        from indexer.models.embedders import load_text_embedder
 
         return load_text_embedder(self.settings.text_model)
 
@@ -68,17 +68,17 @@ class Services:
         return ctx
 
     def _visual_embedder(self):
-        from indexer.embedders import load_visual_embedder
+        from indexer.models.embedders import load_visual_embedder
 
         return load_visual_embedder(self.settings.visual_model)
 
     def _transcriber(self):
-        from indexer.speech import load_transcriber
+        from indexer.models.speech import load_transcriber
 
         return load_transcriber(self.settings.whisper_model, self.settings.whisper_language or None)
 
     def _ocr(self):
-        from indexer.ocr import load_ocr
+        from indexer.models.ocr import load_ocr
 
         return load_ocr()
 
@@ -99,13 +99,13 @@ class Services:
 
     def vlm(self):
         """(VideoChat, "") or (None, why no model is loaded), per settings; loaded once, on the first question."""
-        lock = self.__dict__.setdefault("_vlm_lock", threading.Lock())
-        with lock:
-            if "_vlm" not in self.__dict__:
-                from engine.loading import load_vlm_or_reason
+        from engine.loading import load_vlm_or_reason
 
-                self._vlm = load_vlm_or_reason(self.settings)
-            return self._vlm
+        return self._vlm.get("vlm", lambda: load_vlm_or_reason(self.settings))
+
+    def loaded_vlm(self):
+        """What `vlm()` returned if it has run, else None; never loads (the UI's model status)."""
+        return self._vlm.peek("vlm")
 
     def agent_tools(self):
         """The agent's tools over this library (the agent never opens the database itself). The text embedder

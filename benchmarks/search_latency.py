@@ -48,7 +48,7 @@ def log(msg: str) -> None:
 
 def vocabulary(limit: int = 6000) -> list[str]:
     """Whole English words from MiniLM's WordPiece vocabulary."""
-    from indexer.embedders import packaged_minilm_path
+    from indexer.models.embedders import packaged_minilm_path
 
     words = (packaged_minilm_path() / "vocab.txt").read_text().split()
     stop = set(STOP_WORDS)
@@ -65,7 +65,7 @@ def zipf_probs(n: int, s: float = 1.05) -> np.ndarray:
 
 
 def build(folder: Path, n: int, seed: int = 0) -> dict:
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
     from storage import Library
 
     t0 = time.perf_counter()
@@ -199,7 +199,7 @@ def measure(folder: Path, n_queries: int, k: int) -> dict:
     import faiss
     import torch
 
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
     from storage import Library, SightlineError
     from storage.search import FTS_TERM_CAP, keyword_ranking, search
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.defaults import DEFAULT_CACHE_BYTES, GIB
 from engine.registry import CPU_MAX_PARAMS, DEFAULT_GPU_MODEL, ModelSpec, known_names, resolve, with_family
 from storage.errors import SightlineError
+from storage.once import OnceCache
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ SKIP_MODULES = {
     "internvideo3": ["model.visual", "visual", "lm_head", "kv_b_proj"],
 }
 
-_LOCK = threading.Lock()
-_LOADED: dict[tuple, object] = {}
+# Loaded VideoChats by (model, quantization, device, library, revision); a failed load is not kept.
+_LOADED: OnceCache = OnceCache()
 
 
 @dataclass
@@ -424,9 +424,8 @@ def load_vlm(
     if (revision or "").strip() and not spec.local and spec.family != "tiny":
         spec = pin_revision(spec, revision)  # an unknown hub id's config is read at that commit too
     key = (spec.name, quantization, "cuda" if free is not None else "cpu", str(library), revision or "")
-    with _LOCK:
-        if reuse and key in _LOADED:
-            return _LOADED[key]
+
+    def load(spec: ModelSpec):
         path = spec.name
         if spec.family == "tiny":
             from engine.tiny import tiny_internvideo3_dir, tiny_model_dir
@@ -448,10 +447,9 @@ def load_vlm(
         model_obj, processor = load_weights(plan, path)
         from engine.chat import VideoChat
 
-        chat = VideoChat(model_obj, processor, plan, cache_bytes=cache_bytes, library=library, **chat_options)
-        if reuse:
-            _LOADED[key] = chat
-        return chat
+        return VideoChat(model_obj, processor, plan, cache_bytes=cache_bytes, library=library, **chat_options)
+
+    return _LOADED.get(key, lambda: load(spec), keep=reuse)  # reuse=False: a private copy, still one load at a time
 
 
 def load_vlm_or_reason(settings_like) -> tuple[object | None, str]:
@@ -478,5 +476,4 @@ def load_vlm_or_reason(settings_like) -> tuple[object | None, str]:
 
 def forget_loaded() -> None:
     """Drop loaded models (tests; switching models in the UI)."""
-    with _LOCK:
-        _LOADED.clear()
+    _LOADED.clear()

@@ -11,8 +11,9 @@ offline-stack.md section 4), so the same folder also serves the nf4 test.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
+
+from storage.once import OnceCache
 
 TINY_NAME = "tiny-qwen3-vl"
 # Bump when the tiny model's recipe changes, so cached folders are rebuilt.
@@ -172,7 +173,8 @@ _CORPUS = [
     "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,:;!?'\"()[]{}<>-_/\\=+*#%&@$",
 ]
 
-_lock = threading.Lock()
+# Folders written (or found complete) in this process; the marker file says so to later processes.
+_BUILT: OnceCache = OnceCache()
 
 
 def build_tokenizer():
@@ -268,13 +270,16 @@ def build_processor(tokenizer):
 def _built_once(out: Path, seed: int, write) -> Path:
     """Run write(out, seed) unless `out` already holds a complete build of this version; return `out`."""
     marker = out / "sightline_tiny.json"
-    with _lock:
+
+    def build() -> Path:
         if marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
             return out
         out.mkdir(parents=True, exist_ok=True)
         write(out, seed)
         marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))  # written last: the build is whole
-    return out
+        return out
+
+    return _BUILT.get(out, build)
 
 
 def _save(model, tokenizer, eos_token_id: int, pad_token_id: int, out: Path) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from indexer.defaults import DEFAULT_OCR_INTERVAL, DEFAULT_SAMPLE_FPS
 from indexer.media import MediaInfo
 from storage.errors import SightlineError
+from storage.once import OnceCache
 
 # (frames (T, H, W, 3) uint8, timestamps) -> caption; may also have .many([(frames, timestamps), ...]).
 # Built by app from the engine's Captioner (engine/captioner.py caption_fn()).
@@ -91,26 +92,22 @@ class VideoJob:
 
 
 class Lazy:
-    """A model built on first use, once, under a lock; remembers a load failure (STYLE rule 15)."""
+    """A model handed to the stages, built on first use, once (storage.once.OnceCache, STYLE rule 15); None when
+    not configured. A load failure is remembered: every stage that needs the model gets the same error, and the
+    model is not loaded again in this run."""
 
     def __init__(self, build: Callable[[], object] | None, what: str):
         self._build, self.what = build, what
-        self._value, self._error, self._lock = None, None, threading.Lock()
+        self._once: OnceCache = OnceCache(remember_failures=True)
 
     @property
     def configured(self) -> bool:
         return self._build is not None
 
     def get(self):
-        with self._lock:
-            if self._value is None and self._error is None and self._build is not None:
-                try:
-                    self._value = self._build()
-                except Exception as err:  # noqa: BLE001 - remembered and reported by the stage that needed it
-                    self._error = err
-            if self._error is not None:
-                raise self._error
-            return self._value
+        if self._build is None:
+            return None
+        return self._once.get(None, self._build)
 
 
 @dataclass

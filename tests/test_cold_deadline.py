@@ -27,7 +27,7 @@ BURN = "import time\nend = time.time() + 120\nwhile time.time() < end: pass\n"
 
 @pytest.fixture(scope="module")
 def two_video_library(tmp_path_factory):
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
     from storage import Library
 
     folder = tmp_path_factory.mktemp("cold_lib")

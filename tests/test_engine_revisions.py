@@ -136,7 +136,7 @@ def test_a_local_folder_reports_the_commit_it_recorded(tmp_path):
 
 
 @pytest.mark.slow
-def test_settings_view_shows_revision_generation_and_disk_cache(tmp_path):
+def test_settings_view_shows_revision_generation_and_disk_cache(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from app.services import Services
@@ -148,7 +148,8 @@ def test_settings_view_shows_revision_generation_and_disk_cache(tmp_path):
         "latent_cache_unavailable": "the end-to-end check failed: decode step 2 | x",
         "cache": {"bytes": 0, "entries": 0, "disk_bytes": 3 * 2**20, "disk_cap": 2**30, "disk_entries": 2},
     })
-    services.__dict__["_vlm"] = (chat, "")
+    monkeypatch.setattr(loading, "load_vlm_or_reason", lambda *args, **kwargs: (chat, ""))
+    assert services.loaded_vlm() is None and services.vlm() == (chat, "")  # what services loaded is what it shows
     text = status_markdown(services)
     assert "| Model revision | " + "0" * 40 + " |" in text
     assert "latent cache off: the end-to-end check failed: decode step 2 / x |" in text

@@ -49,7 +49,7 @@ def assert_clear(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def embedder():
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
 
     return load_text_embedder("all-MiniLM-L6-v2")
 

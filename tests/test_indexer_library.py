@@ -124,7 +124,7 @@ def test_card_truth(card_mp4):
     """The constant CARD_TEXT_APPEARS is what OCR reads frame by frame (see its comment)."""
     import av
 
-    from indexer.ocr import load_ocr
+    from indexer.models.ocr import load_ocr
 
     reader = load_ocr()
     with av.open(str(card_mp4)) as c:

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 
 def _context(library, visual_path: str | None = None, captioner=None):
     from indexer.context import IndexContext, Lazy
-    from indexer.embedders import load_text_embedder, load_visual_embedder
-    from indexer.ocr import load_ocr
-    from indexer.speech import load_transcriber
+    from indexer.models.embedders import load_text_embedder, load_visual_embedder
+    from indexer.models.ocr import load_ocr
+    from indexer.models.speech import load_transcriber
 
     ctx = IndexContext(
         library,
@@ -46,7 +46,7 @@ class FakeCaptioner:
 
 
 def test_visual_embeddings_captions_and_progress(library, bikes_mp4, tmp_path):
-    from indexer.embedders import build_tiny_siglip
+    from indexer.models.embedders import build_tiny_siglip
     from indexer.runner import index_paths
     from storage.models import Embedding, Moment, StageRun, Video
 

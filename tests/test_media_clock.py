@@ -198,7 +198,7 @@ def first_card_sample(reader, index, around: float) -> float:
 
 @pytest.fixture(scope="session")
 def ocr():
-    from indexer.ocr import load_ocr
+    from indexer.models.ocr import load_ocr
 
     return load_ocr()
 

@@ -13,14 +13,14 @@ from storage.errors import SightlineError
 
 @pytest.fixture(scope="session")
 def minilm():
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
 
     return load_text_embedder("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip(tmp_path_factory):
-    from indexer.embedders import build_tiny_siglip, load_visual_embedder
+    from indexer.models.embedders import build_tiny_siglip, load_visual_embedder
 
     path = build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
     return load_visual_embedder(path)
@@ -28,7 +28,7 @@ def tiny_siglip(tmp_path_factory):
 
 def test_importing_the_model_modules_loads_no_heavy_library():
     code = (
-        "import sys, indexer.embedders, indexer.speech, indexer.ocr;"
+        "import sys, indexer.models.embedders, indexer.models.speech, indexer.models.ocr;"
         "print([m for m in ('torch', 'transformers', 'faster_whisper', 'rapidocr', 'cv2', 'sentence_transformers')"
         " if m in sys.modules])"
     )
@@ -91,14 +91,14 @@ def test_minilm_paraphrase_query_ranks_the_right_sentence_first(minilm):
 
 @pytest.mark.slow
 def test_text_embedder_is_loaded_once_per_process(minilm):
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
 
     assert load_text_embedder("all-MiniLM-L6-v2") is minilm
     assert load_text_embedder("sentence-transformers/all-MiniLM-L6-v2").dim == 384
 
 
 def test_text_model_that_is_not_offline_says_how_to_get_it():
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
 
     with pytest.raises(SightlineError) as err:
         load_text_embedder("sentence-transformers/no-such-model-for-sightline-tests")
@@ -109,7 +109,7 @@ def test_text_model_that_is_not_offline_says_how_to_get_it():
 
 
 def test_text_model_folder_that_does_not_exist_is_named(tmp_path):
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
 
     with pytest.raises(SightlineError, match="does not exist") as err:
         load_text_embedder(str(tmp_path / "missing-model"))
@@ -139,7 +139,7 @@ def test_tiny_siglip_loads_through_the_real_path_and_embeds(tiny_siglip):
 
 
 def test_visual_hub_id_offline_says_how_to_get_it():
-    from indexer.embedders import load_visual_embedder
+    from indexer.models.embedders import load_visual_embedder
 
     with pytest.raises(SightlineError) as err:
         load_visual_embedder("google/siglip-base-patch16-224-not-cached-here")
@@ -150,14 +150,14 @@ def test_visual_hub_id_offline_says_how_to_get_it():
 
 @pytest.mark.slow
 def test_visual_loader_refuses_a_model_that_is_not_clip_or_siglip():
-    from indexer.embedders import load_visual_embedder, packaged_minilm_path
+    from indexer.models.embedders import load_visual_embedder, packaged_minilm_path
 
     with pytest.raises(SightlineError, match="not CLIP or SigLIP"):
         load_visual_embedder(str(packaged_minilm_path()))
 
 
 def test_visual_loader_names_a_folder_without_a_model(tmp_path):
-    from indexer.embedders import load_visual_embedder
+    from indexer.models.embedders import load_visual_embedder
 
     with pytest.raises(SightlineError, match="no usable config"):
         load_visual_embedder(str(tmp_path))
@@ -200,7 +200,7 @@ def build_tiny_clip(folder) -> str:
 def test_tiny_clip_loads_through_the_same_path(tmp_path):
     from transformers import CLIPModel
 
-    from indexer.embedders import load_visual_embedder
+    from indexer.models.embedders import load_visual_embedder
 
     clip = load_visual_embedder(build_tiny_clip(tmp_path / "tiny-clip"))
     assert isinstance(clip.model, CLIPModel) and clip.dim == 24

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.ocr import TextRun, merge_text_runs, normalise_text
+from indexer.text_runs import TextRun, merge_text_runs, normalise_text
 
 
 def frame_at(path, seconds: float) -> np.ndarray:
@@ -22,7 +22,7 @@ def frame_at(path, seconds: float) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def ocr():
-    from indexer.ocr import load_ocr
+    from indexer.models.ocr import load_ocr
 
     return load_ocr()  # the default size (640 px long side)
 
@@ -43,7 +43,7 @@ def test_reads_thanks_for_watching_on_the_card(ocr, card_frame):
 
 @pytest.mark.slow
 def test_card_stays_readable_at_960_px(card_frame):
-    from indexer.ocr import load_ocr
+    from indexer.models.ocr import load_ocr
 
     reads = load_ocr(max_side=960).read(card_frame)
     assert "thanks for watching" in [normalise_text(t) for t, _ in reads], reads

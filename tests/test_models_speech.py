@@ -40,7 +40,7 @@ def speech_audio() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def transcriber():
-    from indexer.speech import load_transcriber
+    from indexer.models.speech import load_transcriber
 
     return load_transcriber("tiny.en", cpu_threads=2)
 
@@ -94,7 +94,7 @@ def test_silence_gives_no_segments_quickly(transcriber):
 
 
 def test_a_model_that_is_not_offline_says_how_to_get_it():
-    from indexer.speech import load_transcriber
+    from indexer.models.speech import load_transcriber
 
     with pytest.raises(SightlineError) as err:
         load_transcriber("large-v3")
@@ -104,7 +104,7 @@ def test_a_model_that_is_not_offline_says_how_to_get_it():
 
 
 def test_a_folder_that_is_not_a_whisper_model_is_named(tmp_path):
-    from indexer.speech import load_transcriber
+    from indexer.models.speech import load_transcriber
 
     with pytest.raises(SightlineError, match="no model.bin"):
         load_transcriber(str(tmp_path))

@@ -31,7 +31,7 @@ KITCHEN = [
 
 @pytest.fixture(scope="module")
 def embedder():
-    from indexer.embedders import load_text_embedder
+    from indexer.models.embedders import load_text_embedder
 
     return load_text_embedder("all-MiniLM-L6-v2")
 

