@@ -38,8 +38,8 @@ def test_the_engine_and_indexer_defaults_are_the_settings_defaults():
     from engine.loading import load_vlm
     from engine.prefix_cache import PrefixCache
     from indexer.context import IndexOptions
-    from indexer.embedders import load_text_embedder
-    from indexer.speech import load_transcriber
+    from indexer.models.embedders import load_text_embedder
+    from indexer.models.speech import load_transcriber
 
     default = {s.name: s.default for s in SETTINGS}
     options = IndexOptions()
