@@ -15,23 +15,14 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.quantization import QUANTIZATIONS, SKIP_MODULES, bnb_config
 from engine.registry import CPU_MAX_PARAMS, DEFAULT_GPU_MODEL, ModelSpec, known_names, resolve, with_family
 from storage.errors import SightlineError
 
 log = logging.getLogger(__name__)
 
 TRANSFORMERS_MIN, TRANSFORMERS_MAX = "4.57.3", "5"  # InternVideo3's remote code needs >=4.57.3,<5
-QUANTIZATIONS = ("auto", "nf4", "int8", "bf16")
 GIB = 2**30
-
-# Modules bitsandbytes must leave alone. "model.visual" is the dotted name that works in 4.57 and 5.x
-# (offline-stack.md section 4: plain "visual" stops matching in 5.x); lm_head stays in bf16 for quality;
-# kv_b_proj because the absorbed M2LA decode reads its weight as [H, d_n + d_v, r] (internvideo3.md 2.3).
-SKIP_MODULES = {
-    "qwen3_vl": ["model.visual", "visual", "lm_head"],
-    "tiny": ["model.visual", "visual", "lm_head"],
-    "internvideo3": ["model.visual", "visual", "lm_head", "kv_b_proj"],
-}
 
 _LOCK = threading.Lock()
 _LOADED: dict[tuple, object] = {}
@@ -248,24 +239,6 @@ def auto_map_of(spec: ModelSpec) -> dict | None:
         return None
 
 
-def _quantization_config(plan: LoadPlan):
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if plan.device == "cuda" else torch.float32
-    if plan.quantization == "nf4":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
-            llm_int8_skip_modules=plan.skip_modules,  # replaces the default list: name lm_head ourselves
-        )
-    if plan.quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=plan.skip_modules)
-    return None
-
-
 def model_class_for(spec: ModelSpec):
     """The one table from model family to the transformers Auto class that loads it."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -301,7 +274,7 @@ def load_weights(plan: LoadPlan, path: str):
         output_loading_info=True,
         attn_implementation="sdpa",
     )
-    qconfig = _quantization_config(plan)
+    qconfig = bnb_config(plan.quantization, plan.device, plan.skip_modules)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
     auto = model_class_for(plan.spec)

@@ -104,7 +104,8 @@ def test_prefix_cache_key_uses_the_resolved_commit(tmp_path):
 
     torch = pytest.importorskip("torch")
     from engine.generate import make_generator
-    from engine.models.internvideo3 import InternVideo3ForConditionalGeneration, tiny_internvideo3_config
+    from engine.models.internvideo3 import InternVideo3ForConditionalGeneration
+    from engine.tiny import tiny_internvideo3_config
 
     torch.manual_seed(0)
     model = InternVideo3ForConditionalGeneration(tiny_internvideo3_config(), latent=True).eval()
