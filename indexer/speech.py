@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from indexer.media import SAMPLE_RATE
 from indexer.phrases import Word
 from storage.errors import SightlineError
 
-SAMPLE_RATE = 16000
 DEFAULT_MODEL = "tiny.en"
 _PACKAGED = {"tiny.en", "whisper-tiny.en", "default", ""}
 
