@@ -104,7 +104,10 @@ class Services:
             if "_vlm" not in self.__dict__:
                 from engine.loading import load_vlm_or_reason
 
-                self._vlm = load_vlm_or_reason(self.settings)
+                s = self.settings
+                self._vlm = load_vlm_or_reason(model=s.vlm_model, quantization=s.quantization,
+                                               cache_bytes=s.cache_bytes, cache_disk_bytes=s.cache_disk_bytes,
+                                               library=s.library, revision=s.vlm_revision)
             return self._vlm
 
     def agent_tools(self):

@@ -427,20 +427,16 @@ def load_vlm(
         return chat
 
 
-def load_vlm_or_reason(settings_like) -> tuple[object | None, str]:
-    """(VideoChat, "") or (None, reason) from anything with vlm_model / quantization / cache_bytes / library.
+def load_vlm_or_reason(*, model: str, quantization: str, cache_bytes: int, cache_disk_bytes: int,
+                       library: str | Path | None, revision: str) -> tuple[object | None, str]:
+    """(VideoChat, "") or (None, reason): load_vlm with the app's settings (vlm_model, quantization, cache_bytes,
+    cache_disk_bytes, library, vlm_revision; an empty revision means the registry's pin).
 
     Never raises: a model that cannot load must not take the app down, it puts the app in evidence-only mode.
     """
     try:
-        chat = load_vlm(
-            getattr(settings_like, "vlm_model", "auto"),
-            getattr(settings_like, "quantization", "auto"),
-            getattr(settings_like, "cache_bytes", 4 * GIB),
-            getattr(settings_like, "library", None),
-            revision=getattr(settings_like, "vlm_revision", "") or None,
-            cache_disk_bytes=int(getattr(settings_like, "cache_disk_bytes", 0) or 0),
-        )
+        chat = load_vlm(model, quantization, cache_bytes, library, revision=revision or None,
+                        cache_disk_bytes=int(cache_disk_bytes or 0))
         return chat, ""
     except SightlineError as err:
         return None, err.user_text()

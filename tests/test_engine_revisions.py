@@ -91,10 +91,8 @@ def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch):
 
     calls.clear()
     override = "f" * 40
-    chat = loading.load_vlm_or_reason(
-        type("S", (), {"vlm_model": "qwen3-vl-2b", "quantization": "bf16", "cache_bytes": 2**20, "library": None,
-                       "vlm_revision": override})
-    )[0]
+    chat = loading.load_vlm_or_reason(model="qwen3-vl-2b", quantization="bf16", cache_bytes=2**20,
+                                      cache_disk_bytes=0, library=None, revision=override)[0]
     assert calls and all(kw.get("revision") == override for _, kw in calls), calls
     assert chat.describe()["revision"] == override
 
