@@ -209,6 +209,21 @@ def build_tokenizer():
     return fast
 
 
+def _tiny_text_widths() -> dict:
+    """The text model's tiny widths, shared by the tiny Qwen3-VL and the tiny InternVideo3 (a fresh dict each call)."""
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=10000.0,
+        # sum(mrope_section) == head_dim / 2
+        rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+    )
+
+
 def tiny_config(tokenizer):
     """Qwen3VLConfig with the real layout and tiny widths (transformers 4.57 keywords: rope_scaling=)."""
     from transformers import Qwen3VLConfig
@@ -218,17 +233,9 @@ def tiny_config(tokenizer):
     vocab += -vocab % 64  # a round vocabulary, like real checkpoints
     return Qwen3VLConfig(
         text_config=dict(
+            _tiny_text_widths(),
             vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
             max_position_embeddings=4096,
-            rope_theta=10000.0,
-            # sum(mrope_section) == head_dim / 2
-            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -368,20 +375,13 @@ def tiny_internvideo3_config(**text_overrides: Any) -> InternVideo3Config:
     from engine.models.internvideo3 import InternVideo3Config
 
     text = dict(
+        _tiny_text_widths(),
         vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
         kv_lora_rank=24,
         qk_nope_head_dim=16,
         qk_rope_head_dim=16,
         v_head_dim=16,
         max_position_embeddings=32768,
-        rope_theta=10000.0,
-        rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
         pad_token_id=0,
         eos_token_id=1,
     )
