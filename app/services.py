@@ -101,7 +101,10 @@ class Services:
         """(VideoChat, "") or (None, why no model is loaded), per settings; loaded once, on the first question."""
         from engine.loading import load_vlm_or_reason
 
-        return self._vlm.get("vlm", lambda: load_vlm_or_reason(self.settings))
+        s = self.settings
+        return self._vlm.get("vlm", lambda: load_vlm_or_reason(
+            model=s.vlm_model, quantization=s.quantization, cache_bytes=s.cache_bytes,
+            cache_disk_bytes=s.cache_disk_bytes, library=s.library, revision=s.vlm_revision))
 
     def loaded_vlm(self):
         """What `vlm()` returned if it has run, else None; never loads (the UI's model status)."""

@@ -5,7 +5,7 @@ into one frozen `Settings`, and the README's settings table generated from it (`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 

@@ -46,11 +46,8 @@ def measure_8b_bytes(tokens: int = 32) -> dict:
     from transformers import DynamicCache, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     from engine.latent_cache import LatentCache, cache_nbytes
-    from engine.models.internvideo3 import (
-        InternVideo3Config,
-        InternVideo3ForConditionalGeneration,
-        install_latent_attention,
-    )
+    from engine.latent_attention import install_latent_attention
+    from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration
 
     torch.manual_seed(0)
     ids = torch.randint(0, 1000, (1, tokens))
@@ -110,12 +107,8 @@ def long_video_ttft(frames: int, grid: int, repeats: int = 3) -> dict:
     import torch
 
     from engine.generate import generate_with_prefix
-    from engine.models.internvideo3 import (
-        InternVideo3ForConditionalGeneration,
-        randomize_,
-        synthetic_video_inputs,
-        tiny_internvideo3_config,
-    )
+    from engine.models.internvideo3 import InternVideo3ForConditionalGeneration
+    from engine.tiny import randomize_, synthetic_video_inputs, tiny_internvideo3_config
     from engine.prefix_cache import PrefixCache, PrefixKey
 
     cfg = tiny_internvideo3_config(

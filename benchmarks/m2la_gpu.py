@@ -38,7 +38,8 @@ VARIANTS = ("gqa_dynamic", "gqa_static", "m2la_absorbed", "m2la_absorbed_bmm")
 def _configs(layers: int, smoke: bool):
     from transformers import Qwen3VLConfig
 
-    from engine.models.internvideo3 import InternVideo3Config, tiny_internvideo3_config
+    from engine.models.internvideo3 import InternVideo3Config
+    from engine.tiny import tiny_internvideo3_config
 
     if smoke:
         iv3 = tiny_internvideo3_config(num_hidden_layers=layers)
@@ -178,7 +179,7 @@ def run(contexts, steps: int, warmup: int, layers: int, smoke: bool, variants=VA
     gqa_cfg, iv3_cfg = _configs(layers, smoke)
     rows = []
     torch.manual_seed(0)
-    from engine.models.internvideo3 import force_absorbed_kernel
+    from engine.models.internvideo3 import force_attention
 
     m2la_variants = ("m2la_absorbed", "m2la_absorbed_bmm")
     for kind, cfg, kinds in (("gqa", gqa_cfg, ("gqa_dynamic", "gqa_static")), ("m2la", iv3_cfg, m2la_variants)):
@@ -199,7 +200,7 @@ def run(contexts, steps: int, warmup: int, layers: int, smoke: bool, variants=VA
                         reset_peak()
                         cache = _fill(variant, model, context, warmup + steps + 1)
                         row["cache_bytes"] = _cache_bytes(cache)
-                        with force_absorbed_kernel("bmm" if variant.endswith("_bmm") else None):
+                        with force_attention(kernel="bmm" if variant.endswith("_bmm") else None):
                             sec = _decode(model, cache, context, steps, warmup, sync)
                         row.update(tokens_per_s=round(1.0 / sec, 2), ms_per_token=round(sec * 1e3, 3),
                                    peak_bytes=peak(), oom=False)

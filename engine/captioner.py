@@ -9,7 +9,7 @@ a plain callable `(frames (T,H,W,3) uint8, timestamps [s]) -> str` with a `.many
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -94,6 +94,3 @@ class CaptionFn:
 
     def many(self, segments: Sequence[tuple[np.ndarray, Sequence[float]]]) -> list[str]:
         return self._captioner.caption([self._clip(f, t) for f, t in segments])
-
-
-CaptionCallable = Callable[[np.ndarray, Sequence[float]], str]

@@ -3,8 +3,8 @@
 The agent, the captioner and the UI talk to this object only. Messages are plain {"role", "content": str};
 clips go into the last user message, before its text, one `Video N:` block each with a `<t seconds>` stamp
 per frame pair (Qwen3-VL layout, stamps from PTS via engine/video_inputs.py). Decoding is greedy by default.
-Generation goes through engine/generate.py (latent cache with per-video prefix reuse, engine-m2la's code) when
-that module is present and accepts the model; the plain `model.generate` path is kept beside it and always works.
+Generation goes through engine/generate.py (latent cache with per-video prefix reuse) when that module is
+present and accepts the model; the plain `model.generate` path is kept beside it and always works.
 """
 
 from __future__ import annotations
@@ -297,9 +297,9 @@ def qwen3_tool_messages(messages: list[dict], tools: Sequence[dict]) -> list[dic
 
 
 def _latent_generator(chat: VideoChat, required: bool):
-    """engine.generate's latent-cache generator for this model, or (None, why not). engine-m2la owns that module."""
+    """engine.generate's latent-cache generator for this model, or (None, why not)."""
     try:
-        from engine import generate as fast  # noqa: PLC0415 - optional, owned by engine-m2la
+        from engine import generate as fast  # noqa: PLC0415 - imported on first use, like every model import
     except ImportError as err:
         if required:
             raise
@@ -316,7 +316,7 @@ def _latent_generator(chat: VideoChat, required: bool):
     if getattr(fast, "kind", "") == "latent":
         why = _latent_check(chat.model)
         if why:
-            from engine.models.internvideo3 import uninstall_latent_attention
+            from engine.latent_attention import uninstall_latent_attention
 
             uninstall_latent_attention(chat.model)  # keep the model's own cache, unchanged
             log.warning("latent cache off: %s", why)
@@ -331,7 +331,7 @@ def _latent_generator(chat: VideoChat, required: bool):
 
 def _latent_check(model) -> str:
     """"" when a few greedy decode steps through the installed latent cache equal the model's own; else why."""
-    from engine.models.internvideo3 import check_latent_decode
+    from engine.latent_check import check_latent_decode
 
     try:
         why = check_latent_decode(model)

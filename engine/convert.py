@@ -69,7 +69,7 @@ def _has_norm(norm: nn.Module | None) -> bool:
 
 def _affine(linear: nn.Linear, rows: int) -> torch.Tensor:
     """[W | b] in float64: rows x (D + 1) (bitsandbytes weights are dequantized first)."""
-    from engine.models.internvideo3 import dense_weight
+    from engine.quantization import dense_weight
 
     w = dense_weight(linear).detach().to("cpu", torch.float64)  # conversion math runs on the CPU in float64
     b = linear.bias.detach().to("cpu", torch.float64) if linear.bias is not None else torch.zeros(rows, dtype=torch.float64)
@@ -228,7 +228,7 @@ def convert_model(
     each layer's attention inputs and to measure the logit error. latent: switch the new layers to the latent
     cache afterwards (install_latent_attention, which verifies them).
     """
-    from engine.models.internvideo3 import install_latent_attention
+    from engine.latent_attention import install_latent_attention
 
     config = _text_config(model)
     layers = _decoder_layers(model)

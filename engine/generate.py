@@ -6,7 +6,7 @@ PrefixCache with its rope_deltas; a follow-up question about the same video rest
 restores rope_deltas (positions of text after a video continue from the video's M-RoPE positions, not from the
 token index), and only runs the question tokens. The tokens equal a fresh run's (tests/test_prefix_cache.py).
 
-`make_generator(chat)` is what engine-load's VideoChat calls: it returns a callable
+`make_generator(chat)` is what engine/chat.py's VideoChat calls: it returns a callable
 `(batch, clips, max_new_tokens=..., **gen) -> new token ids` with `.stats()` for the UI.
 """
 
@@ -55,7 +55,7 @@ def _core(model):
 
 
 def cache_kind(model) -> str:
-    from engine.models.internvideo3 import uses_latent_cache
+    from engine.latent_attention import uses_latent_cache
 
     return "latent" if uses_latent_cache(model) else "dynamic"
 
@@ -240,7 +240,7 @@ def make_generator(chat) -> LatentGenerator:
     """The latent-cache generator for a VideoChat: installs the latent path where the model has M²LA attention
     (verified against the model's own forward), else keeps the model's own cache; prefix cache in
     <library>/cache/prefix-kv with the chat's byte budget."""
-    from engine.models.internvideo3 import find_m2la_modules, install_latent_attention, uses_latent_cache
+    from engine.latent_attention import find_m2la_modules, install_latent_attention, uses_latent_cache
 
     model = chat.model
     if find_m2la_modules(model) and not uses_latent_cache(model):

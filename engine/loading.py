@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.defaults import DEFAULT_CACHE_BYTES, GIB
+from engine.quantization import QUANTIZATIONS, SKIP_MODULES, bnb_config
 from engine.registry import CPU_MAX_PARAMS, DEFAULT_GPU_MODEL, ModelSpec, known_names, resolve, with_family
 from storage.errors import SightlineError
 from storage.once import OnceCache
@@ -22,16 +23,6 @@ from storage.once import OnceCache
 log = logging.getLogger(__name__)
 
 TRANSFORMERS_MIN, TRANSFORMERS_MAX = "4.57.3", "5"  # InternVideo3's remote code needs >=4.57.3,<5
-QUANTIZATIONS = ("auto", "nf4", "int8", "bf16")
-
-# Modules bitsandbytes must leave alone. "model.visual" is the dotted name that works in 4.57 and 5.x
-# (offline-stack.md section 4: plain "visual" stops matching in 5.x); lm_head stays in bf16 for quality;
-# kv_b_proj because the absorbed M2LA decode reads its weight as [H, d_n + d_v, r] (internvideo3.md 2.3).
-SKIP_MODULES = {
-    "qwen3_vl": ["model.visual", "visual", "lm_head"],
-    "tiny": ["model.visual", "visual", "lm_head"],
-    "internvideo3": ["model.visual", "visual", "lm_head", "kv_b_proj"],
-}
 
 # Loaded VideoChats by (model, quantization, device, library, revision); a failed load is not kept.
 _LOADED: OnceCache = OnceCache()
@@ -248,24 +239,6 @@ def auto_map_of(spec: ModelSpec) -> dict | None:
         return None
 
 
-def _quantization_config(plan: LoadPlan):
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if plan.device == "cuda" else torch.float32
-    if plan.quantization == "nf4":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
-            llm_int8_skip_modules=plan.skip_modules,  # replaces the default list: name lm_head ourselves
-        )
-    if plan.quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=plan.skip_modules)
-    return None
-
-
 def model_class_for(spec: ModelSpec):
     """The one table from model family to the transformers Auto class that loads it."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -301,7 +274,7 @@ def load_weights(plan: LoadPlan, path: str):
         output_loading_info=True,
         attn_implementation="sdpa",
     )
-    qconfig = _quantization_config(plan)
+    qconfig = bnb_config(plan.quantization, plan.device, plan.skip_modules)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
     auto = model_class_for(plan.spec)
@@ -452,20 +425,16 @@ def load_vlm(
     return _LOADED.get(key, lambda: load(spec), keep=reuse)  # reuse=False: a private copy, still one load at a time
 
 
-def load_vlm_or_reason(settings_like) -> tuple[object | None, str]:
-    """(VideoChat, "") or (None, reason) from anything with vlm_model / quantization / cache_bytes / library.
+def load_vlm_or_reason(*, model: str, quantization: str, cache_bytes: int, cache_disk_bytes: int,
+                       library: str | Path | None, revision: str) -> tuple[object | None, str]:
+    """(VideoChat, "") or (None, reason): load_vlm with the app's settings (vlm_model, quantization, cache_bytes,
+    cache_disk_bytes, library, vlm_revision; an empty revision means the registry's pin).
 
     Never raises: a model that cannot load must not take the app down, it puts the app in evidence-only mode.
     """
     try:
-        chat = load_vlm(
-            getattr(settings_like, "vlm_model", "auto"),
-            getattr(settings_like, "quantization", "auto"),
-            getattr(settings_like, "cache_bytes", 4 * GIB),
-            getattr(settings_like, "library", None),
-            revision=getattr(settings_like, "vlm_revision", "") or None,
-            cache_disk_bytes=int(getattr(settings_like, "cache_disk_bytes", 0) or 0),
-        )
+        chat = load_vlm(model, quantization, cache_bytes, library, revision=revision or None,
+                        cache_disk_bytes=int(cache_disk_bytes or 0))
         return chat, ""
     except SightlineError as err:
         return None, err.user_text()

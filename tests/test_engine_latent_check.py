@@ -11,14 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.chat import VideoChat  # noqa: E402
-from engine.models.internvideo3 import (  # noqa: E402
-    InternVideo3ForConditionalGeneration,
-    check_latent_decode,
-    randomize_,
-    synthetic_video_inputs,
-    tiny_internvideo3_config,
-    uses_latent_cache,
-)
+from engine.latent_attention import uses_latent_cache  # noqa: E402
+from engine.latent_check import check_latent_decode  # noqa: E402
+from engine.models.internvideo3 import InternVideo3ForConditionalGeneration  # noqa: E402
+from engine.tiny import randomize_, synthetic_video_inputs, tiny_internvideo3_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

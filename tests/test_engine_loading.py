@@ -113,13 +113,10 @@ def test_no_gpu_refuses_big_models_and_says_what_to_do(no_gpu, name):
 
 
 def test_auto_and_none_fall_back_to_evidence_only(no_gpu):
-    class S:
-        vlm_model, quantization, cache_bytes, library = "auto", "auto", GIB, None
-
-    chat, reason = load_vlm_or_reason(S)
+    settings = dict(quantization="auto", cache_bytes=GIB, cache_disk_bytes=0, library=None, revision="")
+    chat, reason = load_vlm_or_reason(model="auto", **settings)
     assert chat is None and "no CUDA GPU" in reason and "evidence" in reason
-    S.vlm_model = "none"
-    chat, reason = load_vlm_or_reason(S)
+    chat, reason = load_vlm_or_reason(model="none", **settings)
     assert chat is None and "'none'" in reason
 
 
@@ -327,8 +324,8 @@ def test_memory_estimate_counts_the_real_8b_shape():
 def test_vlm_model_none_imports_nothing_heavy():
     code = (
         "import sys; from engine.loading import load_vlm_or_reason\n"
-        "class S: vlm_model = 'none'\n"
-        "chat, reason = load_vlm_or_reason(S)\n"
+        "chat, reason = load_vlm_or_reason(model='none', quantization='auto', cache_bytes=2**30, cache_disk_bytes=0,"
+        " library=None, revision='')\n"
         "print(chat is None, 'torch' in sys.modules, reason.startswith('No answering model'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -42,9 +42,9 @@ def test_cached_prefixes_are_kept_in_host_memory():
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
-    from engine.tiny import tiny_video_chat
+    from engine.loading import load_vlm
 
-    return tiny_video_chat(tmp_path_factory.mktemp("tiny"))
+    return load_vlm("tiny", quantization="bf16", library=tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

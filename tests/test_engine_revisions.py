@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 
 import pytest
 
@@ -91,10 +90,8 @@ def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch):
 
     calls.clear()
     override = "f" * 40
-    chat = loading.load_vlm_or_reason(
-        type("S", (), {"vlm_model": "qwen3-vl-2b", "quantization": "bf16", "cache_bytes": 2**20, "library": None,
-                       "vlm_revision": override})
-    )[0]
+    chat = loading.load_vlm_or_reason(model="qwen3-vl-2b", quantization="bf16", cache_bytes=2**20,
+                                      cache_disk_bytes=0, library=None, revision=override)[0]
     assert calls and all(kw.get("revision") == override for _, kw in calls), calls
     assert chat.describe()["revision"] == override
 
@@ -104,7 +101,8 @@ def test_prefix_cache_key_uses_the_resolved_commit(tmp_path):
 
     torch = pytest.importorskip("torch")
     from engine.generate import make_generator
-    from engine.models.internvideo3 import InternVideo3ForConditionalGeneration, tiny_internvideo3_config
+    from engine.models.internvideo3 import InternVideo3ForConditionalGeneration
+    from engine.tiny import tiny_internvideo3_config
 
     torch.manual_seed(0)
     model = InternVideo3ForConditionalGeneration(tiny_internvideo3_config(), latent=True).eval()

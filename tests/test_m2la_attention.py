@@ -8,19 +8,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.latent_cache import LatentCache, LatentLayer, cache_nbytes  # noqa: E402
+from engine.latent_attention import install_latent_attention  # noqa: E402
 from engine.models.internvideo3 import (  # noqa: E402
     InternVideo3Config,
     InternVideo3ForConditionalGeneration,
     InternVideo3LatentAttention,
     apply_m2la_rope,
     expanded_bytes_per_token,
-    force_absorbed_kernel,
-    force_attention_path,
-    install_latent_attention,
+    force_attention,
     latent_bytes_per_token,
-    randomize_,
-    tiny_internvideo3_config,
 )
+from engine.tiny import randomize_, tiny_internvideo3_config  # noqa: E402
 from storage.errors import SightlineError  # noqa: E402
 
 
@@ -62,11 +60,11 @@ def test_absorbed_equals_expanded_and_stock_in_one_layer(dtype, tol):
         attn.mode = "stock"
         stock = attn(x, (cos, sin), None)[0]
         attn.mode = "latent"
-        with force_attention_path("expanded"):
+        with force_attention(path="expanded"):
             expanded = attn(x, (cos, sin), None)[0]
-        with force_attention_path("absorbed"):
+        with force_attention(path="absorbed"):
             absorbed = attn(x, (cos, sin), None)[0]
-            with force_absorbed_kernel("sdpa"):  # no cache: [c ; k_rot] concatenated once
+            with force_attention(kernel="sdpa"):  # no cache: [c ; k_rot] concatenated once
                 fused = attn(x, (cos, sin), None)[0]
     diff = _max_diff(absorbed, expanded)
     assert _max_diff(fused, absorbed) < tol, f"sdpa vs bmm absorbed: max diff {_max_diff(fused, absorbed):.2e}"
@@ -92,7 +90,7 @@ def test_chunked_prefill_and_step_decode_equal_one_full_pass(dtype, tol, path, k
         install_latent_attention(model)
         cache = LatentCache(config=model.config)
         chunks = [(0, 9), (9, 15)] + [(i, i + 1) for i in range(15, 24)]
-        with force_attention_path(path), force_absorbed_kernel(kernel):
+        with force_attention(path=path, kernel=kernel):
             parts = [
                 model(
                     input_ids=ids[:, a:b], past_key_values=cache, use_cache=True, cache_position=torch.arange(a, b)
@@ -203,9 +201,9 @@ def test_eager_kernel_path_agrees():
     with torch.no_grad():
         ref = model(input_ids=ids, use_cache=False).logits
         install_latent_attention(model)
-        with force_attention_path("expanded"):
+        with force_attention(path="expanded"):
             a = model(input_ids=ids, past_key_values=LatentCache(), use_cache=True).logits
-        with force_attention_path("absorbed"):
+        with force_attention(path="absorbed"):
             b = model(input_ids=ids, past_key_values=LatentCache(), use_cache=True).logits
     assert _max_diff(a, ref) < 1e-4 and _max_diff(b, ref) < 1e-4
 
@@ -264,21 +262,21 @@ def test_install_refuses_a_module_whose_rope_convention_differs():
     for layer in model.model.layers:
         layer.self_attn.config.rope_interleave = False
     before = [type(layer.self_attn) for layer in model.model.layers]
-    import engine.models.internvideo3 as iv
+    import engine.latent_attention as la
 
-    original = iv.InternVideo3LatentAttention.from_module
+    original = la.wrap_foreign
 
     def wrong_convention(module, layer_idx=None):
         new = original(module, layer_idx)
         new.rope_interleave = True  # what a wrong assumption about the checkpoint would do
         return new
 
-    iv.InternVideo3LatentAttention.from_module = staticmethod(wrong_convention)
+    la.wrap_foreign = wrong_convention
     try:
         with pytest.raises(SightlineError) as err:
             install_latent_attention(model)
     finally:
-        iv.InternVideo3LatentAttention.from_module = original
+        la.wrap_foreign = original
     assert "disagrees with the model's own attention" in err.value.user_text()
     assert [type(layer.self_attn) for layer in model.model.layers] == before, "a refused install changes nothing"
 
@@ -318,15 +316,30 @@ def test_latent_layer_grows_crops_and_resets():
 
 
 def test_path_choice_and_override():
-    from engine.models.internvideo3 import ABSORB_MAX_QUERY, attention_path
+    from engine.models.internvideo3 import ABSORB_MAX_QUERY, absorbed_kernel, attention_path
 
+    cpu = torch.device("cpu")
     assert attention_path("stock", 1) == "stock"
     assert attention_path("latent", 1) == "absorbed"
     assert attention_path("latent", ABSORB_MAX_QUERY + 1) == "expanded"
-    with force_attention_path("expanded"):
+    assert absorbed_kernel(cpu) == "bmm"
+    with force_attention(path="expanded"):
         assert attention_path("latent", 1) == "expanded"
         assert attention_path("stock", 1) == "stock"
+        assert absorbed_kernel(cpu) == "bmm"  # a choice not named keeps its value
+        with force_attention(kernel="sdpa"):
+            assert absorbed_kernel(cpu) == "sdpa" and attention_path("latent", 1) == "expanded"
+            with force_attention(path=None):  # None: the automatic choice again
+                assert attention_path("latent", 1) == "absorbed"
+            assert attention_path("latent", 1) == "expanded"
+        assert absorbed_kernel(cpu) == "bmm"
     assert attention_path("latent", 1) == "absorbed"
+    with pytest.raises(AssertionError, match="unknown path"):
+        with force_attention(path="stock"):
+            pass
+    with pytest.raises(AssertionError, match="unknown choice"):
+        with force_attention(kernal="sdpa"):
+            pass
 
 
 def test_install_refuses_a_module_whose_forward_it_cannot_drive():

@@ -33,7 +33,8 @@ def test_gpu_benchmark_refuses_without_cuda(capsys, monkeypatch):
 
 
 def test_gpu_benchmark_code_path_runs_on_a_tiny_shape(capsys):
-    from engine.models.internvideo3 import gqa_bytes_per_token, latent_bytes_per_token, tiny_internvideo3_config
+    from engine.models.internvideo3 import gqa_bytes_per_token, latent_bytes_per_token
+    from engine.tiny import tiny_internvideo3_config
 
     gpu = _load("m2la_gpu")
     argv = ["--cpu-smoke", "--contexts", "16", "--steps", "1", "--warmup", "1", "--layers", "1", "--json"]

@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.convert import convert_model  # noqa: E402
-from engine.models.internvideo3 import randomize_, synthetic_video_inputs, uses_latent_cache  # noqa: E402
+from engine.latent_attention import uses_latent_cache  # noqa: E402
+from engine.tiny import randomize_, synthetic_video_inputs  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

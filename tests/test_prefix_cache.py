@@ -11,13 +11,8 @@ torch = pytest.importorskip("torch")
 
 from engine.generate import generate_with_prefix, make_generator, prefix_length  # noqa: E402
 from engine.latent_cache import LatentCache  # noqa: E402
-from engine.models.internvideo3 import (  # noqa: E402
-    InternVideo3ForConditionalGeneration,
-    latent_bytes_per_token,
-    randomize_,
-    synthetic_video_inputs,
-    tiny_internvideo3_config,
-)
+from engine.models.internvideo3 import InternVideo3ForConditionalGeneration, latent_bytes_per_token  # noqa: E402
+from engine.tiny import randomize_, synthetic_video_inputs, tiny_internvideo3_config  # noqa: E402
 from engine.prefix_cache import PrefixCache, PrefixEntry, PrefixKey  # noqa: E402
 
 GEN = {"max_new_tokens": 8, "do_sample": False, "eos_token_id": None}

@@ -5,9 +5,9 @@
 one the app composes).
 """
 
-from engine.agent.context import Budget, Step, ToolBackend, VideoInfo
+from engine.agent.context import AgentResult, Budget, Step, ToolBackend, VideoInfo
 from engine.agent.evidence import Evidence
-from engine.agent.loop import AgentResult, answer, check_library, check_question
+from engine.agent.loop import answer, check_library, check_question
 from engine.agent.tools import DEFAULT_TOOLS
 
 __all__ = ["AgentResult", "Budget", "DEFAULT_TOOLS", "Evidence", "Step", "ToolBackend", "VideoInfo", "answer",

@@ -1,6 +1,7 @@
 """The one evolving context of a question: messages, the moments tools returned, verdicts, memory and budget.
 
-Everything the loop and the tools share lives here, so one object says what the agent has seen and checked.
+Everything the loop and the tools share lives here, so one object says what the agent has seen and checked;
+`AgentResult` is what a question ends with, from the loop or from the evidence-only answer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from engine.agent.evidence import overlap
+from engine.agent.evidence import Evidence, overlap
 from engine.defaults import DEFAULT_AGENT_STEPS
 
 
@@ -74,6 +75,21 @@ class Step:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class AgentResult:
+    """What answering a question gives: the answer, its evidence, the mode and the steps that led there."""
+
+    answer: str
+    evidence: list[Evidence]
+    mode: str  # "agent" | "evidence-only"
+    steps: list[Step] = field(default_factory=list)
+    reason: str = ""  # evidence-only: why no model is loaded
+
+    def to_dict(self) -> dict:
+        """DESIGN.md's `ask --json` object."""
+        return {"answer": self.answer, "evidence": [e.to_dict() for e in self.evidence], "mode": self.mode}
 
 
 def estimate_tokens(text: str) -> int:
@@ -157,18 +173,17 @@ class Context:
         return self.overhead_tokens + sum(estimate_tokens(m["content"]) for m in self.messages)
 
     def model_call(self, messages: list[dict], clips: Sequence = (), max_new_tokens: int = 512,
-                   tools: Sequence[dict] | None = None) -> str:
+                   tools: Sequence[dict] | None = None, tools_text: str = "") -> str:
         """One call of the model, counted against the question's token budget; `tools` (JSON schemas) go to the
-        chat template, which shows them to the model in its own format."""
+        chat template, which shows them to the model in its own format. A chat object without tool support gets
+        `tools_text` (the same tools, one line each) in the system prompt instead."""
         extra = {}
         if tools and _takes_tools(self.vlm):
             extra["tools"] = list(tools)
         elif tools:  # a chat object without tool support: the tools in the system prompt, as text
-            from engine.agent.tools import describe_tools
-
             messages = [dict(m) for m in messages]
             block = "Tools (call them as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>):\n" + \
-                describe_tools()
+                tools_text
             if messages and messages[0]["role"] == "system":
                 messages[0]["content"] += "\n\n" + block
             else:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-MODALITIES = ("speech", "text", "visual", "caption")
-
 
 @dataclass
 class Evidence:

@@ -6,8 +6,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.agent.context import Step, ToolBackend
+from engine.agent.context import AgentResult, Step, ToolBackend
 from engine.agent.evidence import Evidence
+from storage.search import fuse
 from storage.timefmt import format_time
 
 K = 5
@@ -42,21 +43,22 @@ def best_moments(question: str, tools: ToolBackend, video_id: int | None, k: int
     core = core_query(question)
     if core.lower() != question.lower():
         queries.insert(0, core)
-    scores: dict[int, float] = {}
     hits: dict[int, object] = {}
+    rankings: dict[str, list[int]] = {}
     for q in queries:
-        for rank, h in enumerate(tools.search(q, max(k, 10), None, scope), start=1):
+        found = tools.search(q, max(k, 10), None, scope)
+        for h in found:
             hits.setdefault(h.moment_id, h)
-            scores[h.moment_id] = scores.get(h.moment_id, 0.0) + 1.0 / (60 + rank)
-    order = sorted(scores, key=lambda m: -scores[m])[:k]
-    return [hits[m] for m in order]
+        rankings[q] = [h.moment_id for h in found]
+    first_seen = {m: i for i, m in enumerate(hits)}
+    # equal scores keep the order the moments were first found in: the core words' search comes first
+    fused = sorted(fuse(rankings), key=lambda t: (-t[1], first_seen[t[0]]))
+    return [hits[m] for m, _, _ in fused[:k]]
 
 
 def evidence_only(question: str, tools: ToolBackend, video_id: int | None, reason: str,
-                  on_step: Callable[[Step], None] | None = None, loaded: bool = False):
+                  on_step: Callable[[Step], None] | None = None, loaded: bool = False) -> AgentResult:
     """The evidence-only answer: moments with their text, and a plain sentence on loading a model."""
-    from engine.agent.loop import AgentResult
-
     if video_id is not None:
         video_id = tools.video(video_id).id
     steps: list[Step] = []

@@ -12,14 +12,13 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from engine.agent import prompts
-from engine.agent.context import Budget, Context, Step, ToolBackend, estimate_tokens
-from engine.agent.evidence import Evidence
+from engine.agent.context import AgentResult, Budget, Context, Step, ToolBackend, estimate_tokens
+from engine.agent.evidence_only import evidence_only
 from engine.agent.parsing import parse_turn, strip_thinking
 from engine.agent.resolve import check_answer_times, fallback_evidence, resolve_evidence
-from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, tool_schemas
+from engine.agent.tools import DEFAULT_TOOLS, call_key, call_tool, describe_tools, tool_schemas
 from engine.defaults import DEFAULT_AGENT_STEPS
 from storage.errors import SightlineError
 
@@ -28,19 +27,6 @@ log = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 2000
 OUT_OF_STEPS = "I ran out of steps before I could answer; the closest moments I found are listed as evidence."
 ELIDED = "(older result elided to save context; the memory below lists what it found)"
-
-
-@dataclass
-class AgentResult:
-    answer: str
-    evidence: list[Evidence]
-    mode: str  # "agent" | "evidence-only"
-    steps: list[Step] = field(default_factory=list)
-    reason: str = ""  # evidence-only: why no model is loaded
-
-    def to_dict(self) -> dict:
-        """DESIGN.md's `ask --json` object."""
-        return {"answer": self.answer, "evidence": [e.to_dict() for e in self.evidence], "mode": self.mode}
 
 
 def check_question(question: str) -> str:
@@ -90,7 +76,8 @@ def _compact(ctx: Context) -> None:
 
 
 def _model_turn(ctx: Context) -> str:
-    reply = ctx.model_call(ctx.messages, (), ctx.budget.max_new_tokens, tools=tool_schemas(DEFAULT_TOOLS))
+    reply = ctx.model_call(ctx.messages, (), ctx.budget.max_new_tokens, tools=tool_schemas(DEFAULT_TOOLS),
+                           tools_text=describe_tools(DEFAULT_TOOLS))
     ctx.messages.append({"role": "assistant", "content": reply})
     return reply
 
@@ -111,8 +98,6 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
     question = check_question(question)
     check_library(tools)
     if vlm is None:
-        from engine.agent.evidence_only import evidence_only
-
         return evidence_only(question, tools, video_id, no_model_reason, on_step)
     budget = budget or Budget(max_steps=max_steps)
     ctx = Context(question, tools, vlm, budget, video_id, on_step)
@@ -121,8 +106,6 @@ def answer(question: str, tools: ToolBackend, vlm, video_id: int | None = None,
     try:
         return _loop(ctx)
     except Exception as err:  # noqa: BLE001 - a model that fails mid-question still leaves the evidence
-        from engine.agent.evidence_only import evidence_only
-
         log.exception("the agent loop failed")
         why = err.user_text() if isinstance(err, SightlineError) else f"{type(err).__name__}: {err}"
         return evidence_only(question, tools, ctx.video_id, why, on_step, loaded=True)

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.agent.context import Context, Verdict
-from engine.agent.evidence import MODALITIES, parse_seconds, snap
+from engine.agent.evidence import parse_seconds, snap
 from engine.agent.parsing import strip_thinking
 from engine.agent.prompts import WATCH_SYSTEM, inspect_prompt, verify_prompt
 from storage.errors import SightlineError
+from storage.models import MODALITIES
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""InternVideo3 (Qwen3-VL with M²LA text attention): config, the latent attention layer, and its installer.
+"""InternVideo3 (Qwen3-VL with M²LA text attention): config, the latent attention layer, the model class.
 
 M²LA per layer, for a post-norm hidden state x (reference/internvideo3.md §1.2):
     q   = W_q x + b_q              -> per head [q_nope (d_n) ; q_pe (d_r)]
@@ -15,10 +15,13 @@ Two paths live side by side (STYLE 11):
   expand K/V from the cached latents and run the model's attention kernel; short chunks (decode, a follow-up
   question) use the absorbed form: q~_h = W_UK_h^T q_nope_h scores against c directly, and W_UV_h is applied
   after the attention-weighted sum of latents.
-`attention_path()` picks; `force_attention_path()` overrides it for tests. The absorbed form runs as two
-matmuls on the CPU and as one MQA scaled_dot_product_attention call on CUDA (`absorbed_kernel()`, override
-`force_absorbed_kernel()`): the query rows are the heads, the key is [c ; k_pe] read straight from the cache's
-single buffer, the value is c, a view of the same buffer.
+`attention_path()` picks the path. The absorbed form runs as two matmuls on the CPU and as one MQA
+scaled_dot_product_attention call on CUDA (`absorbed_kernel()`): the query rows are the heads, the key is
+[c ; k_pe] read straight from the cache's single buffer, the value is c, a view of the same buffer.
+`force_attention(path=..., kernel=...)` overrides either choice inside a block, for tests and benchmarks.
+
+Switching a loaded model (ours, or remote code with the same projections) to the latent path, and checking it,
+is engine/latent_attention.py; tiny configs and inputs for tests are in engine/tiny.py.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from transformers.models.qwen3_vl.configuration_qwen3_vl import (
 )
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLForConditionalGeneration
 
+from engine.quantization import dense_weight
+
 # Queries per chunk up to which the latent path uses the absorbed form; longer chunks expand K/V (prefill).
 ABSORB_MAX_QUERY = 64
-PATHS = ("stock", "expanded", "absorbed")
-_path_override: str | None = None
-_kernel_override: str | None = None
+# What force_attention may override, and the values each takes (None: the automatic choice).
+_CHOICES = {"path": (None, "expanded", "absorbed"), "kernel": (None, "bmm", "sdpa")}
+_overrides: dict[str, str | None] = {"path": None, "kernel": None}
 
 
 # --------------------------------------------------------------------------------------------------------- config
@@ -172,34 +177,27 @@ def gqa_bytes_per_token(config: Any, dtype: torch.dtype = torch.bfloat16) -> int
 
 
 @contextlib.contextmanager
-def force_attention_path(path: str | None) -> Iterator[None]:
-    """Force every latent-mode layer to one path ("expanded" or "absorbed") inside the block; for tests."""
-    global _path_override
-    assert path in (None, "expanded", "absorbed"), f"unknown path {path!r}; use 'expanded' or 'absorbed'"
-    previous, _path_override = _path_override, path
+def force_attention(**choices: str | None) -> Iterator[None]:
+    """Override the automatic choices inside the block, for tests and benchmarks: path="expanded" | "absorbed"
+    for every latent-mode layer, kernel="bmm" (two matmuls) | "sdpa" (one fused pass) for the absorbed form.
+    A choice not named keeps its current value; None restores the automatic one."""
+    for name, value in choices.items():
+        assert name in _CHOICES, f"unknown choice {name!r}; use {' or '.join(k + '=' for k in _CHOICES)}"
+        allowed = [v for v in _CHOICES[name] if v]
+        assert value in _CHOICES[name], f"unknown {name} {value!r}; use {' or '.join(map(repr, allowed))}"
+    previous = dict(_overrides)
+    _overrides.update(choices)
     try:
         yield
     finally:
-        _path_override = previous
-
-
-@contextlib.contextmanager
-def force_absorbed_kernel(kernel: str | None) -> Iterator[None]:
-    """Force the absorbed path's kernel: "bmm" (two matmuls) or "sdpa" (one fused pass); for tests."""
-    global _kernel_override
-    assert kernel in (None, "bmm", "sdpa"), f"unknown kernel {kernel!r}; use 'bmm' or 'sdpa'"
-    previous, _kernel_override = _kernel_override, kernel
-    try:
-        yield
-    finally:
-        _kernel_override = previous
+        _overrides.update(previous)
 
 
 def absorbed_kernel(device: torch.device) -> str:
     """SDPA on CUDA: its fused kernels stream each [c ; k_pe] block once for both the scores and the weighted
     sum. bmm elsewhere: on the CPU SDPA would fall back to the same two matmuls, with extra copies."""
-    if _kernel_override is not None:
-        return _kernel_override
+    if _overrides["kernel"] is not None:
+        return _overrides["kernel"]
     return "sdpa" if device.type == "cuda" else "bmm"
 
 
@@ -207,8 +205,8 @@ def attention_path(mode: str, query_len: int) -> str:
     """The one place that picks: 'stock' for stock-mode layers; else absorbed for short chunks, expanded for long."""
     if mode == "stock":
         return "stock"
-    if _path_override is not None:
-        return _path_override
+    if _overrides["path"] is not None:
+        return _overrides["path"]
     return "absorbed" if query_len <= ABSORB_MAX_QUERY else "expanded"
 
 
@@ -274,23 +272,10 @@ def additive_mask(
 # ------------------------------------------------------------------------------------------------------ attention
 
 
-def dense_weight(linear: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A Linear's weight as a dense tensor, dequantizing bitsandbytes 4-bit / 8-bit weights (§5 item 9)."""
-    weight = linear.weight
-    if getattr(weight, "quant_state", None) is not None:  # bnb Params4bit
-        import bitsandbytes.functional as bnbf
-
-        weight = bnbf.dequantize_4bit(weight.data, weight.quant_state)
-    elif getattr(weight, "SCB", None) is not None or getattr(getattr(linear, "state", None), "SCB", None) is not None:
-        scb = weight.SCB if getattr(weight, "SCB", None) is not None else linear.state.SCB
-        weight = weight.data.float() * (scb.float()[:, None] / 127.0)  # bnb Int8Params: row-wise absmax
-    return weight if dtype is None else weight.to(dtype)
-
-
 def attention_shape(hidden_size: int, heads: int, d_nope: int, d_rope: int, d_v: int, rank: int,
                     **options: Any) -> SimpleNamespace:
     """The config fields InternVideo3LatentAttention reads, for one built outside a model config (the GQA
-    converter, a wrapped foreign module). `options`: rope_interleave, attention_scale, attention_dropout,
+    converter, a wrapped foreign module: engine/latent_attention.py). `options`: rope_interleave, attention_scale, attention_dropout,
     q_proj_bias, kv_a_proj_bias, qk_latent_layernorm, ...; the constructor's defaults stand for what is left out."""
     return SimpleNamespace(hidden_size=hidden_size, num_attention_heads=heads, qk_nope_head_dim=d_nope,
                            qk_rope_head_dim=d_rope, v_head_dim=d_v, kv_lora_rank=rank, kv_lora_rank_list=None,
@@ -472,52 +457,6 @@ class InternVideo3LatentAttention(nn.Module):
         out = self.o_proj(out.reshape(b, t, self.num_heads * self.v_head_dim).contiguous())
         return out, weights
 
-    @classmethod
-    def from_module(cls, module: nn.Module, layer_idx: int | None = None) -> "InternVideo3LatentAttention":
-        """Wrap a foreign M²LA/MLA attention module (remote code, DeepseekV3Attention): share its projections.
-
-        Sizes come from the module's config where it has them, checked against the weight shapes.
-        """
-        cfg = getattr(module, "config", None)
-        heads = int(getattr(module, "num_heads", 0) or getattr(cfg, "num_attention_heads"))
-        d_r = int(getattr(module, "qk_rope_head_dim", 0) or getattr(cfg, "qk_rope_head_dim"))
-        d_n = int(getattr(module, "qk_nope_head_dim", 0) or getattr(cfg, "qk_nope_head_dim"))
-        d_v = int(getattr(module, "v_head_dim", 0) or getattr(cfg, "v_head_dim"))
-        idx = int(layer_idx if layer_idx is not None else getattr(module, "layer_idx", 0))
-        r = module.kv_a_proj_with_mqa.out_features - d_r
-        assert module.q_proj.out_features == heads * (d_n + d_r), (
-            f"q_proj has {module.q_proj.out_features} outputs, expected heads {heads} x (d_n {d_n} + d_r {d_r})"
-        )
-        assert module.kv_b_proj.out_features == heads * (d_n + d_v), (
-            f"kv_b_proj has {module.kv_b_proj.out_features} outputs, expected heads {heads} x (d_n {d_n} + d_v {d_v})"
-        )
-        assert module.kv_b_proj.in_features == r, (
-            f"kv_b_proj takes {module.kv_b_proj.in_features} inputs, kv_a_proj_with_mqa gives a latent of {r}"
-        )
-        shim = attention_shape(
-            module.q_proj.in_features, heads, d_n, d_r, d_v, r,
-            rope_interleave=bool(getattr(cfg, "rope_interleave", True)),
-            attention_scale=getattr(module, "scaling", None),
-            attention_dropout=getattr(cfg, "attention_dropout", 0.0),
-            q_proj_bias=module.q_proj.bias is not None,
-            kv_a_proj_bias=module.kv_a_proj_with_mqa.bias is not None,
-            qk_latent_layernorm=False,
-            _attn_implementation=getattr(cfg, "_attn_implementation", "eager"),
-        )
-        with torch.device("meta"):
-            new = cls(shim, idx, mode="latent")
-        new.config = cfg if cfg is not None else shim
-        new.q_proj, new.kv_a_proj_with_mqa, new.kv_b_proj, new.o_proj = (
-            module.q_proj,
-            module.kv_a_proj_with_mqa,
-            module.kv_b_proj,
-            module.o_proj,
-        )
-        new.kv_a_layernorm = getattr(module, "kv_a_layernorm", None)
-        new.scaling = float(getattr(module, "scaling", new.scaling))
-        new.rope_interleave = shim.rope_interleave
-        return new
-
 
 # ---------------------------------------------------------------------------------------------------------- model
 
@@ -545,364 +484,20 @@ class InternVideo3ForConditionalGeneration(Qwen3VLForConditionalGeneration):
         return gqa_bytes_per_token(self.config.text_config, dtype or self.dtype)
 
 
-# ------------------------------------------------------------------------------------------------- tiny builders
-
-
-def tiny_internvideo3_config(**text_overrides: Any) -> InternVideo3Config:
-    """The real layout with tiny widths, for tests and CPU benchmarks (only sizes differ from the 8B)."""
-    text = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        kv_lora_rank=24,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=16,
-        v_head_dim=16,
-        max_position_embeddings=32768,
-        rope_theta=10000.0,
-        rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    text.update(text_overrides)
-    vision = dict(
-        depth=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        patch_size=4,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-        out_hidden_size=text["hidden_size"],
-        num_position_embeddings=64,
-        deepstack_visual_indexes=[0],
-    )
-    return InternVideo3Config(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=120,
-        video_token_id=121,
-        vision_start_token_id=122,
-        vision_end_token_id=123,
-    )
-
-
-def synthetic_video_inputs(
-    config: Any, frames: int, height: int, width: int, before=(2, 3, 4), question=(5, 6, 7, 8), seed: int = 0,
-    stamps=None,
-) -> dict:
-    """Processor-shaped inputs for one video in Qwen3-VL's layout: per frame pair a timestamp token,
-    <|vision_start|>, the video pads, <|vision_end|>; then the question. frames/height/width count patches
-    (frames = temporal patches x temporal_patch_size is not needed: `frames` is the grid's t)."""
-    v = config.vision_config
-    merge = v.spatial_merge_size
-    per = (height // merge) * (width // merge)
-    ids = list(before)
-    for t in range(frames):
-        stamp = stamps[t % len(stamps)] if stamps else 10 + t % 100
-        ids += [stamp, config.vision_start_token_id] + [config.video_token_id] * per
-        ids += [config.vision_end_token_id]
-    ids += list(question)
-    gen = torch.Generator().manual_seed(seed)
-    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2
-    ids_t = torch.tensor([ids])
-    return {
-        "input_ids": ids_t,
-        "attention_mask": torch.ones_like(ids_t),
-        "pixel_values_videos": torch.randn(frames * height * width, patch, generator=gen),
-        "video_grid_thw": torch.tensor([[frames, height, width]]),
-    }
-
-
-def randomize_(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    """Random weights of a visible size (biases and norm weights too), so tests see every term."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std
-            p.copy_(1.0 + noise if "norm" in name else noise)
-    return model
-
-
-# ------------------------------------------------------------------------------------------------------- install
-
-M2LA_PROJECTIONS = ("q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
-
-
-def is_m2la_module(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, name, None), nn.Module) for name in M2LA_PROJECTIONS)
-
-
-def find_m2la_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(qualified name, module) of every attention module carrying the four M²LA projections."""
-    return [(name, m) for name, m in model.named_modules() if is_m2la_module(m)]
-
-
-def _test_rope(d_r: int, positions: torch.Tensor, dtype, device, theta: float = 10000.0):
-    inv = theta ** (-torch.arange(0, d_r, 2, dtype=torch.float64, device=device) / d_r)
-    freqs = positions.to(torch.float64)[:, None] * inv[None]
-    emb = torch.cat((freqs, freqs), dim=-1)[None]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def _tolerance(dtype: torch.dtype) -> float:
-    # fp64 is bounded by the stock eager kernel, which takes its softmax in fp32
-    return {torch.float64: 1e-6, torch.float32: 1e-4}.get(dtype, 5e-2)
-
-
-@torch.no_grad()
-def verify_latent_module(reference: nn.Module, latent: InternVideo3LatentAttention, tokens: int = 8, seed: int = 0):
-    """Max abs difference between the reference module's own forward over `tokens` random states and the latent
-    path (prefill tokens-1 through a latent cache, then one absorbed decode step), relative to max(1, |ref|)."""
-    from engine.latent_cache import LatentCache
-
-    # The states arrive in the dtype of the dense weights; with 4-bit projections that is the dtype the loader
-    # kept for the rest (kv_b_proj stays dense for the absorbed path), or the 4-bit layers' compute dtype.
-    dense = [w.dtype for w in (latent.o_proj.weight, latent.kv_b_proj.weight) if w.dtype.is_floating_point]
-    dtype = dense[0] if dense else getattr(latent.o_proj, "compute_dtype", None) or torch.bfloat16
-    device = latent.o_proj.weight.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(1, tokens, latent.q_proj.in_features, generator=gen, dtype=torch.float32).to(device, dtype)
-    pos = torch.arange(tokens, device=device) * 3 + 1
-    cos, sin = _test_rope(latent.qk_rope_head_dim, pos, dtype, device)
-    neg = torch.finfo(dtype).min
-    causal = torch.full((tokens, tokens), neg, dtype=dtype, device=device).triu(1)[None, None]
-    ref = reference(hidden_states=x, position_embeddings=(cos, sin), attention_mask=causal, past_key_values=None)[0]
-
-    saved_mode, latent.mode = latent.mode, "latent"
-    try:
-        cache = LatentCache()
-        first = latent(
-            x[:, :-1], (cos[:, :-1], sin[:, :-1]), causal[:, :, :-1, :-1], past_key_values=cache,
-            cache_position=torch.arange(tokens - 1, device=device),
-        )[0]
-        last = latent(
-            x[:, -1:], (cos[:, -1:], sin[:, -1:]), causal[:, :, -1:, :], past_key_values=cache,
-            cache_position=torch.tensor([tokens - 1], device=device),
-        )[0]
-    finally:
-        latent.mode = saved_mode
-    out = torch.cat((first, last), dim=1)
-    diff = (out.float() - ref.float()).abs().max().item()
-    return diff / max(1.0, ref.float().abs().max().item())
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def install_latent_attention(model: nn.Module, verify: bool = True) -> list[str]:
-    """Switch every M²LA attention module of `model` to the latent path; return the switched module names.
-
-    Our own layers change mode; foreign ones (remote code, DeepseekV3Attention) are wrapped, sharing their
-    weights. With verify, each is first checked against that module's own forward on the same input; a
-    disagreement raises SightlineError and leaves the model unchanged.
-    """
-    from storage.errors import SightlineError
-
-    found = find_m2la_modules(model)
-    if not found:
-        raise SightlineError(
-            "This model has no M²LA attention (q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj) to install into.",
-            hint="Convert a GQA Qwen3-VL first with engine.convert.convert_model, or use the model's own cache.",
-        )
-    plan = []
-    for i, (name, module) in enumerate(found):
-        if isinstance(module, InternVideo3LatentAttention):
-            latent = module
-        else:
-            latent = InternVideo3LatentAttention.from_module(module, getattr(module, "layer_idx", i))
-        if verify:
-            ref = module
-            if module is latent:  # our own layer: its stock path is the reference
-                ref = _StockView(module)
-            try:
-                err = verify_latent_module(ref, latent)
-            except Exception as exc:  # noqa: BLE001 - a forward we cannot drive is a refusal, not a crash
-                raise SightlineError(
-                    f"Could not run {name}'s own attention to verify the M²LA latent path "
-                    f"({type(exc).__name__}: {exc}).",
-                    hint="This checkpoint's attention takes other inputs than Qwen3-VL's; use the model's own cache.",
-                ) from exc
-            tol = _tolerance(latent.o_proj.weight.dtype)
-            if not err <= tol:
-                raise SightlineError(
-                    f"M²LA latent attention disagrees with the model's own attention in {name}: "
-                    f"relative max difference {err:.2e} > {tol:.0e}.",
-                    hint="The checkpoint's attention differs from InternVideo3's layout (rope convention, norms "
-                    "or scale); run with the model's own cache (latent cache off).",
-                )
-        plan.append((name, module, latent))
-    for name, module, latent in plan:
-        latent.mode = "latent"
-        if latent is not module:
-            object.__setattr__(latent, "_stock_module", module)  # unregistered: not a submodule, not in state_dict
-            _set_submodule(model, name, latent)
-    return [name for name, _, _ in plan]
-
-
-def _latent_layers(model: nn.Module) -> list[tuple[str, InternVideo3LatentAttention]]:
-    return [(n, m) for n, m in find_m2la_modules(model)
-            if isinstance(m, InternVideo3LatentAttention) and m.mode == "latent"]
-
-
-def uninstall_latent_attention(model: nn.Module) -> list[str]:
-    """Undo install_latent_attention: our own layers back to stock mode, wrapped foreign modules put back."""
-    names = []
-    for name, layer in _latent_layers(model):
-        original = getattr(layer, "_stock_module", None)
-        if original is not None:
-            _set_submodule(model, name, original)
-        else:
-            layer.mode = "stock"
-        names.append(name)
-    return names
-
-
-@contextlib.contextmanager
-def own_attention(model: nn.Module) -> Iterator[None]:
-    """Inside the block the model runs its own attention (and cache layout); the latent path comes back after."""
-    layers = _latent_layers(model)
-    uninstall_latent_attention(model)
-    try:
-        yield
-    finally:
-        for name, layer in layers:
-            if getattr(layer, "_stock_module", None) is not None:
-                _set_submodule(model, name, layer)
-            layer.mode = "latent"
-
-
-@torch.no_grad()
-def check_latent_decode(model: nn.Module, steps: int = 3) -> str:
-    """End-to-end check of an installed latent path: "" when it agrees with the model's own, else why not.
-
-    A short prompt with two frame pairs is decoded greedily for `steps` tokens (a) by the model's own attention
-    with no cache at all (one full forward per token: the reference), (b) by model.generate through a LatentCache
-    (the decoder's cache keyword, rope_deltas from the prefill) and (c) by engine.generate's prefix split (prefix
-    prefilled apart, rope_deltas restored). Every step's logits of (b) must match (a) within the dtype's tolerance
-    and (b), (c) must pick (a)'s tokens, a near tie in (a)'s logits excepted.
-    """
-    from engine.generate import generate_with_prefix, new_cache
-
-    cfg = model.config
-    merge = cfg.vision_config.spatial_merge_size
-    device = next(model.parameters()).device
-    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
-    special = set()
-    for c in (cfg, text):
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                     "pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(c, name, None)
-            special.update(value if isinstance(value, (list, tuple)) else [value])
-    plain = [i for i in range(2, 64) if i not in special]  # ordinary token ids for the text around the frames
-    # A random (or odd) model may rank a vision token first; decoding one would ask for frames that are not there.
-    vision = sorted(i for c in (cfg, text) for i in (getattr(c, n, None) for n in (
-        "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")) if isinstance(i, int))
-    vision_ids = torch.tensor(vision, dtype=torch.long, device=device)
-    batch = synthetic_video_inputs(cfg, frames=2, height=2 * merge, width=2 * merge, seed=7,
-                                   before=plain[:3], question=plain[3:7], stamps=plain[7:9])
-    batch = {k: v.to(device) for k, v in batch.items()}
-    length = batch["input_ids"].shape[1]
-    core = getattr(model, "model", None)
-    dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), torch.float32)
-    tol = {torch.float64: 1e-6, torch.float32: 1e-3}.get(dtype, 5e-2)
-
-    ref_tokens, ref_logits = [], []
-    with own_attention(model):
-        ids = batch["input_ids"]
-        for _ in range(steps):
-            if hasattr(core, "rope_deltas"):
-                core.rope_deltas = None
-            out = model(**dict(batch, input_ids=ids, attention_mask=torch.ones_like(ids)), use_cache=False)
-            logits = out.logits[0, -1].float()
-            ref_logits.append(logits)
-            ref_tokens.append(int(logits.index_fill(0, vision_ids, float("-inf")).argmax()))
-            ids = torch.cat([ids, ids.new_tensor([[ref_tokens[-1]]])], dim=1)
-
-    gen = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, temperature=None, top_p=None,
-               top_k=None, eos_token_id=None, suppress_tokens=vision or None)
-    out = model.generate(**batch, past_key_values=new_cache(model, length + steps), output_scores=True,
-                         return_dict_in_generate=True, **gen)
-    latent_tokens = out.sequences[0, length:].tolist()
-    split_tokens = generate_with_prefix(model, batch, None, None, **gen).tokens.tolist()
-
-    def near_tie(step: int, token: int) -> bool:
-        ref = ref_logits[step]
-        return float(ref.max() - ref[token]) <= tol * max(1.0, float(ref.abs().max()))
-
-    for step in range(steps):
-        if step >= len(latent_tokens):
-            return f"the latent path stopped after {len(latent_tokens)} of {steps} decode steps"
-        ref = ref_logits[step]
-        keep = torch.ones_like(ref, dtype=torch.bool).index_fill(0, vision_ids, False)  # suppressed ids are -inf
-        diff = float((out.scores[step][0].float() - ref)[keep].abs().max()) / max(1.0, float(ref.abs().max()))
-        if diff > tol:
-            return (f"decode step {step + 1}: the latent cache's logits differ from the model's own attention "
-                    f"(relative max difference {diff:.2e} > {tol:.0e})")
-        for path, tokens in (("latent cache", latent_tokens), ("latent cache with prefix reuse", split_tokens)):
-            if tokens[step] != ref_tokens[step]:
-                if near_tie(step, tokens[step]):
-                    return ""  # a tie decided the other way; the rest of the sequence is not comparable
-                return (f"decode step {step + 1}: the {path} picked token {tokens[step]}, the model's own "
-                        f"attention {ref_tokens[step]}")
-    return ""
-
-
-class _StockView(nn.Module):
-    """Runs an InternVideo3LatentAttention in stock mode regardless of its current mode (the reference)."""
-
-    def __init__(self, inner: InternVideo3LatentAttention):
-        super().__init__()
-        object.__setattr__(self, "inner", inner)
-
-    def forward(self, *args, **kwargs):
-        saved, self.inner.mode = self.inner.mode, "stock"
-        try:
-            return self.inner(*args, **kwargs)
-        finally:
-            self.inner.mode = saved
-
-
-def uses_latent_cache(model: nn.Module) -> bool:
-    """True when the model's attention layers run the latent path (so a LatentCache fits it)."""
-    mods = [m for _, m in find_m2la_modules(model)]
-    return bool(mods) and all(getattr(m, "mode", None) == "latent" for m in mods)
-
-
-def scaled_rank_note(config: Any) -> str:
-    """One line describing the cache layout, for describe() and logs."""
-    r = layer_rank(config, 0)
-    return f"M²LA r={r} d_r={config.qk_rope_head_dim} ({r + config.qk_rope_head_dim} values/token/layer)"
-
-
 __all__ = [
     "ABSORB_MAX_QUERY",
     "InternVideo3Config",
     "InternVideo3ForConditionalGeneration",
     "InternVideo3LatentAttention",
     "InternVideo3TextConfig",
+    "absorbed_kernel",
+    "additive_mask",
     "apply_m2la_rope",
     "attention_path",
+    "attention_shape",
     "expanded_bytes_per_token",
-    "find_m2la_modules",
-    "absorbed_kernel",
-    "force_absorbed_kernel",
-    "force_attention_path",
+    "force_attention",
     "gqa_bytes_per_token",
-    "check_latent_decode",
-    "install_latent_attention",
-    "own_attention",
-    "uninstall_latent_attention",
     "latent_bytes_per_token",
-    "randomize_",
-    "synthetic_video_inputs",
-    "tiny_internvideo3_config",
-    "uses_latent_cache",
-    "verify_latent_module",
+    "layer_rank",
 ]

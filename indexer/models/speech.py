@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from indexer.defaults import DEFAULT_WHISPER_MODEL
+from indexer.media import SAMPLE_RATE
 from indexer.phrases import Word
 from storage.errors import SightlineError
 from storage.once import OnceCache
 
-SAMPLE_RATE = 16000
 _PACKAGED = {"tiny.en", "whisper-tiny.en", "default", ""}
 
 # Loaded WhisperModels by (source, cpu_threads, device, compute_type); a failed load is not kept.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from indexer.context import IndexContext, MomentIn, StageOutput, VideoJob
 from indexer.frames import cache_folder, load_index, nearest_sample
-from indexer.media import iter_audio
+from indexer.media import SAMPLE_RATE, iter_audio
 from indexer.phrases import Phrase, split_phrases
 from indexer.thumbnails import moment_thumbnail
 
@@ -32,7 +32,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
     for offset, chunk in iter_audio(info, ctx.options.audio_chunk_s):
         segments.extend(transcriber.transcribe(chunk, offset=offset))
         if video.on_audio is not None:
-            video.on_audio(offset + len(chunk) / 16000)
+            video.on_audio(offset + len(chunk) / SAMPLE_RATE)
     moments = [MomentIn(max(0.0, p.start), min(max(p.end, p.start), info.duration), "speech", p.text,
                         words=[(w.start, w.end, w.text) for w in p.words] or None)
                for p in phrases_of(segments) if p.text.strip() and p.start < info.duration]
