@@ -27,7 +27,7 @@ from storage.once import OnceCache
 
 TINY_NAME = "tiny-qwen3-vl"
 # Bump when the tiny model's recipe changes, so cached folders are rebuilt.
-TINY_VERSION = 3
+TINY_VERSION = 4
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -350,7 +350,9 @@ def _write_tiny_internvideo3(out: Path, seed: int) -> None:
 
     tokenizer = build_tokenizer()
     base = tiny_config(tokenizer).to_dict()
-    text = dict(base["text_config"], kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16)
+    # r + d_r = 32: kv_a_proj's outputs a multiple of 32, which bitsandbytes' packed 4-bit CPU kernel (taken on
+    # AVX512-BF16 machines) requires ("N must be divisible by block_n"); real checkpoints (896 + 128) meet it.
+    text = dict(base["text_config"], kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16)
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
         text.pop(key, None)
     ids = {k: base[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}

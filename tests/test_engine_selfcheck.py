@@ -54,8 +54,8 @@ def test_selfcheck_on_the_internvideo3_layout_needs_no_conversion(tmp_path, caps
     assert code == 0 and report["status"] == "PASS", report
     cmp = report["compare"]
     assert not cmp["converted"] and cmp["tokens_equal"]
-    # stock M2LA caches expanded per-head K/V; the latent cache holds r + d_r = 48 floats per token per layer
-    assert cmp["latent_cache_bytes_per_token"] == 2 * 48 * 4 == cmp["latent_bytes_per_token_formula"]
+    # stock M2LA caches expanded per-head K/V; the latent cache holds r + d_r = 16 + 16 floats per token per layer
+    assert cmp["latent_cache_bytes_per_token"] == 2 * 32 * 4 == cmp["latent_bytes_per_token_formula"]
     assert cmp["original_cache_bytes_per_token"] == 2 * 4 * (32 + 16) * 4  # 2 layers, 4 heads, K 32 + V 16, fp32
 
 
