@@ -19,6 +19,7 @@ in one writer transaction.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -42,6 +43,27 @@ T = TypeVar("T")
 DB_NAME = "library.db"
 LOCK_NAME = "indexing.lock"  # held by the indexing run in progress (see Library.indexing_lock)
 BUSY_TIMEOUT_MS = 60_000  # a second writer (another process) waits this long for the lock before failing
+
+log = logging.getLogger("sightline")
+
+# Library folders whose indexing lock this process holds (an indexing run, or `sightline repair`). Derived files
+# (the FAISS indexes) are written only while their folder is in here: DESIGN.md's single writer.
+_held_folders: set[Path] = set()
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def holding_indexing_lock(folder: Path) -> Iterator[None]:
+    """Mark `folder`'s indexing lock as held by this process while the caller holds its flock."""
+    folder = Path(folder).resolve()
+    with _held_guard:
+        _held_folders.add(folder)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            _held_folders.discard(folder)
+
 
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
@@ -350,12 +372,15 @@ class Library:
 
         Two runs would scan the same videos into the same frame cache; the second is refused, naming the
         process that holds the lock. The OS drops the lock when that process ends, killed (-9) or not, so a
-        killed run never blocks the next one.
+        killed run never blocks the next one. While it is held this process writes the FAISS files (and no
+        other process does); on taking it, files that readers found missing, stale or corrupt are rebuilt.
         """
         try:
             import fcntl
-        except ImportError:  # not a POSIX system: no lock, as before
-            yield
+        except ImportError:  # not a POSIX system: no lock, as before (the run is still the one that writes)
+            with holding_indexing_lock(self.folder):
+                self._reconcile_vectors()
+                yield
             return
         path = self.folder / LOCK_NAME
         try:
@@ -380,7 +405,9 @@ class Library:
                 f.truncate()
                 f.write(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
                 f.flush()
-                yield
+                with holding_indexing_lock(self.folder):
+                    self._reconcile_vectors()
+                    yield
             finally:
                 try:
                     f.seek(0)
@@ -389,7 +416,28 @@ class Library:
                     pass
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    @property
+    def holds_indexing_lock(self) -> bool:
+        """True while this process holds the library's indexing lock: only then are FAISS files written."""
+        with _held_guard:
+            return self.folder in _held_folders
+
     # --- vectors (FAISS, derived from the embeddings table) ----------------------------------------------------
+
+    def _reconcile_vectors(self) -> None:
+        """The lock was just taken: save again every FAISS file that is missing, stale or corrupt (readers
+        searched an index rebuilt in memory meanwhile), so readers load a good file from now on."""
+        try:
+            spaces = set(self.vector_spaces()) | {p.stem for p in (self.folder / "vectors").glob("*.json")}
+            for space in sorted(spaces):
+                with self._vectors_lock:
+                    store = self._vectors.get(space)
+                if store is None:
+                    self.vectors(space)  # opening checks the files and, with the lock held, saves a rebuild
+                else:
+                    store.reconcile()
+        except Exception as err:  # noqa: BLE001 - a full disk, a damaged database: the run meets it and says so
+            log.warning("could not bring the vector files of %s up to date: %s", self.folder, err)
 
     def vectors(self, space: str):
         """The VectorStore of one embedding space, opened (and reconciled with SQLite) on first use."""

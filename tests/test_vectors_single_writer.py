@@ -100,6 +100,7 @@ def _reader(folder: Path) -> None:
             notes.append(record.getMessage())
 
     logging.getLogger("sightline").addHandler(Collect())
+    logging.getLogger("sightline").addHandler(logging.StreamHandler())  # stderr: the test's reader.log
     logging.getLogger("sightline").setLevel(logging.INFO)
     queries = _random_vectors(QUERIES, 999)
     lib = Library.open(folder)  # kept open, like the web UI's
