@@ -77,12 +77,12 @@ class RepairReport:
 def _exclusive(folder: Path):
     """The indexing lock's file, held exclusively: no indexing run starts (or runs) while the file is rebuilt,
     and this process is the one that writes the vector files (`Library.holds_indexing_lock`)."""
-    from storage.library import LOCK_NAME, holding_indexing_lock
+    from storage.indexing_lock import LOCK_NAME, holding
 
     try:
         import fcntl
     except ImportError:
-        with holding_indexing_lock(folder):
+        with holding(folder):
             yield
         return
 
@@ -93,7 +93,7 @@ def _exclusive(folder: Path):
             raise SightlineError("An indexing run is working on this library, so it cannot be repaired now.",
                                  hint="Stop it (and the web UI), then run `sightline repair` again.") from None
         try:
-            with holding_indexing_lock(folder):
+            with holding(folder):
                 yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
