@@ -261,6 +261,7 @@ def test_a_damaged_page_fails_reads_and_writes_with_the_repair_message_and_repai
         assert kept and all(ids[i] == t for i, t in kept.items())  # same ids, same rows
         assert sorted(pending) == sorted(report.reindex)
         assert lib.vectors("fake").count == len(kept)
+        assert lib.vectors("fake").rebuilt_on_open is None  # repair (the lock's holder) saved the vector files
     assert _cli(built_copy, "status").exit_code == 0
     assert "nothing to repair" in _cli(built_copy, "repair").output
 
