@@ -1,10 +1,11 @@
 """One writer of the FAISS files: a reader process beside the indexing process never writes under vectors/.
 
-Two real processes work on one library folder. The writer holds the indexing lock for its whole life (as an
-indexing run does) and adds, removes and rebuilds vectors; the reader holds no lock and searches, both through a
-store it keeps open (the web UI) and through a library it opens afresh each time (a CLI search). Between steps the
-test damages the files the way a crash or a disk does (flipped bytes, a garbage sidecar, a deleted index, rows
-committed without their FAISS save). An audit hook (`sys.addaudithook`) in each process records every open for
+Two real processes work on one library folder. The writer holds the indexing lock (as an indexing run does) and
+adds, removes and rebuilds vectors, and at the end lets the lock go and takes it again (the next run); the reader
+holds no lock and searches, both through a store it keeps open (the web UI) and through a library it opens afresh
+each time (a CLI search), and once removes a video (the UI's remove button). Between steps the test damages the
+files the way a crash or a disk does (flipped bytes, a garbage sidecar, a deleted index, rows committed without
+their FAISS save). An audit hook (`sys.addaudithook`) in each process records every open for
 writing, rename, replace and removal under vectors/: the reader's list must stay empty while its results equal an
 exact brute-force ranking over the vectors SQLite holds; the writer's must not.
 
@@ -132,6 +133,14 @@ def _reader(folder: Path) -> None:
                         fresh.vectors("text").search(queries[0], K)
                 n += 1
             reply = {"searches": n}
+        elif cmd == "remove":  # the UI's remove button: rows deleted, vectors removed in this process
+            from sqlalchemy import select
+
+            from storage import catalog
+            from storage.models import Video
+
+            with lib.read() as s:
+                catalog.remove(lib, s.scalars(select(Video.id).order_by(Video.id.desc())).first())
         elif cmd == "quit":
             reply = {"writes": list(writes)}
         print(json.dumps(reply), flush=True)
@@ -147,9 +156,12 @@ def _writer(folder: Path) -> None:
     from storage.vectors import encode_vector
     from tests.library_builder import add_video
 
+    from contextlib import ExitStack
+
     lib = Library.open(folder)
     videos: list[int] = []
-    with lib.indexing_lock():
+    with ExitStack() as held:
+        held.enter_context(lib.indexing_lock())
         print(json.dumps({"held": True}), flush=True)
         for line in sys.stdin:
             cmd, *args = line.split()
@@ -181,6 +193,9 @@ def _writer(folder: Path) -> None:
                 catalog.remove(lib, videos.pop(0))
             elif cmd == "rebuild":
                 lib.rebuild_vectors()
+            elif cmd == "relock":  # the run ends and the next one takes the lock
+                held.close()
+                held.enter_context(lib.indexing_lock())
             print(json.dumps({"writes": list(writes)} if cmd == "quit" else {"done": cmd}), flush=True)
             if cmd == "quit":
                 break
@@ -278,6 +293,10 @@ def test_only_the_lock_holder_writes_vectors_and_readers_stay_correct(tmp_path):
         check(False, "after the burst")
         writer.ask("remove")
         assert check(False, "after a removal")["count"] == 160 + 100 - 60
+        reader.ask("remove")  # the UI removes a video (5 moments): its index changes in memory, the file waits
+        assert check(True, "removed by a reader")["count"] == 195
+        writer.ask("relock")  # the next indexing run rebuilds the file when it takes the lock
+        assert check(False, "the next run saved it")["count"] == 195
 
         reader_writes = reader.ask("quit")["writes"]
         writer_writes = writer.ask("quit")["writes"]
