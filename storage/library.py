@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from storage import indexing_lock
+from storage import indexing_lock as locks
 from storage.errors import SightlineError
 from storage.models import Moment, Video
 
@@ -322,7 +322,7 @@ class Library:
 
     def indexing_holder(self) -> str | None:
         """Who holds the indexing lock now ("process 123, started ..."), or None when no run is alive."""
-        return indexing_lock.holder(self.folder)
+        return locks.holder(self.folder)
 
     @contextmanager
     def indexing_lock(self) -> Iterator[None]:
@@ -332,14 +332,14 @@ class Library:
         naming the process that holds the lock. While it is held this process writes the FAISS files (and no
         other process does); on taking it, files that readers found missing, stale or corrupt are rebuilt.
         """
-        with indexing_lock.exclusive(self.folder):
+        with locks.exclusive(self.folder):
             self._reconcile_vectors()
             yield
 
     @property
     def holds_indexing_lock(self) -> bool:
         """True while this process holds the library's indexing lock: only then are FAISS files written."""
-        return indexing_lock.held_here(self.folder)
+        return locks.held_here(self.folder)
 
     # --- vectors (FAISS, derived from the embeddings table) ----------------------------------------------------
 
