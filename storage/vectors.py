@@ -3,10 +3,9 @@
 A vector's FAISS id is its moment's row id (`add_with_ids`), so a result maps back through one lookup. SQLite is
 the truth: `vectors/<space>.faiss` has a sidecar `<space>.json` holding the id checksum (count, sum, min, max of
 the moment ids, the model) and the byte size and CRC32 of the .faiss file it describes (storage/vector_files.py
-reads and writes the pair). On open the store is
-rebuilt from SQLite when the file is missing, unreadable, corrupt (size/CRC differ), or stale (the checksum
-disagrees with SQLite: a run killed between its commit and the FAISS save). `rebuild()` streams the embeddings
-table in chunks, so its peak memory is the index plus one chunk.
+reads and writes the pair). On open the store is rebuilt from SQLite when the file is missing, unreadable,
+corrupt (size/CRC differ), or stale (the checksum disagrees with SQLite: a run killed between its commit and the
+FAISS save). `rebuild()` streams the embeddings table in chunks, so its peak memory is the index plus one chunk.
 
 One writer: only a process that holds the library's indexing lock (`Library.holds_indexing_lock`: an indexing
 run, `sightline repair`) writes these files. Any other process (the web UI searching, a CLI search) is a reader:
