@@ -72,7 +72,7 @@ def index(ctx: click.Context, paths: tuple[str, ...], captions: bool | None) -> 
     killed or interrupted is resumed by the next one, whatever PATHs it is given.
     """
     from indexer.runner import IndexInterrupted
-    from storage.library import IndexingBusy
+    from storage.indexing_lock import IndexingBusy
 
     read_only = _read_only(ctx.obj.library_path)
     if read_only:

@@ -140,7 +140,8 @@ def build(folder: Path, n: int, seed: int = 0) -> dict:
     t_rows = time.perf_counter() - t0
     lib = Library.open(folder / "lib")
     t1 = time.perf_counter()
-    store = lib.vectors("text")  # no sidecar yet: rebuilds from SQLite (the production path)
+    with lib.indexing_lock():  # as the indexer: only the lock's holder saves the FAISS files
+        store = lib.vectors("text")  # no sidecar yet: rebuilds from SQLite (the production path) and saves
     t_index = time.perf_counter() - t1
     info = {"n": n, "dim": dim, "videos": n_videos, "rows_s": round(t_rows, 1), "faiss_build_s": round(t_index, 1),
             "index": type(store.index).__name__, "version": CACHE_VERSION,

@@ -19,7 +19,7 @@ in one writer transaction.
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,14 +34,17 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from storage import indexing_lock as locks
 from storage.errors import SightlineError
 from storage.models import Moment, Video
 
 T = TypeVar("T")
 
 DB_NAME = "library.db"
-LOCK_NAME = "indexing.lock"  # held by the indexing run in progress (see Library.indexing_lock)
 BUSY_TIMEOUT_MS = 60_000  # a second writer (another process) waits this long for the lock before failing
+
+log = logging.getLogger("sightline")
+
 
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
@@ -157,10 +160,6 @@ def _refuse_lost_database(folder: Path) -> None:
         return
     if _holds_derived_files(folder):
         raise lost_database_error(db, "missing" if not db.exists() else "empty (0 bytes)")
-
-
-class IndexingBusy(SightlineError):
-    """An indexing run cannot start: another run holds the lock, or the library folder cannot be written."""
 
 
 def _refuse_lost_database_schema(lib: Library) -> None:
@@ -322,74 +321,42 @@ class Library:
     # --- one indexing run at a time ----------------------------------------------------------------------------
 
     def indexing_holder(self) -> str | None:
-        """Who holds the indexing lock now ("process 123, started ..."), or None when no run is alive.
-
-        A cheap, non-blocking probe (LOCK_SH|LOCK_NB on the lock file): a job row still marked running whose
-        holder is gone was killed, and readers show it as interrupted."""
-        try:
-            import fcntl
-        except ImportError:  # not a POSIX system: no lock, so no way to tell; trust the job rows
-            return "a run (liveness unknown on this system)"
-        try:
-            f = open(self.folder / LOCK_NAME)
-        except OSError:  # no lock file: no run has ever held it
-            return None
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return f.read().strip() or "another process"
-            except OSError:
-                return None
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return None
+        """Who holds the indexing lock now ("process 123, started ..."), or None when no run is alive."""
+        return locks.holder(self.folder)
 
     @contextmanager
     def indexing_lock(self) -> Iterator[None]:
-        """Held by one indexing run per library folder, across processes (the CLI beside the UI, a cron job).
+        """Held by one indexing run per library folder, across processes (storage/indexing_lock.py).
 
-        Two runs would scan the same videos into the same frame cache; the second is refused, naming the
-        process that holds the lock. The OS drops the lock when that process ends, killed (-9) or not, so a
-        killed run never blocks the next one.
+        Two runs would scan the same videos into the same frame cache; the second is refused (IndexingBusy),
+        naming the process that holds the lock. While it is held this process writes the FAISS files (and no
+        other process does); on taking it, files that readers found missing, stale or corrupt are rebuilt.
         """
-        try:
-            import fcntl
-        except ImportError:  # not a POSIX system: no lock, as before
+        with locks.exclusive(self.folder):
+            self._reconcile_vectors()
             yield
-            return
-        path = self.folder / LOCK_NAME
-        try:
-            lock_file = open(path, "a+")
-        except OSError as err:  # a read-only library folder (or disk), or one we may not write to
-            raise IndexingBusy(
-                f"Cannot write in the library folder {self.folder}: {err.strerror}.",
-                hint="Make the folder writable (a read-only disk, or its permissions), free space on its disk, "
-                "or choose another --library folder; then run again.") from None
-        with lock_file as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise IndexingBusy(
-                    f"Another indexing run is working on this library ({holder}).",
-                    hint="Wait for it to finish (`sightline status` shows its progress) or stop it, then run "
-                    "again; nothing indexed is lost either way.") from None
-            try:
-                f.seek(0)
-                f.truncate()
-                f.write(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-                f.flush()
-                yield
-            finally:
-                try:
-                    f.seek(0)
-                    f.truncate()
-                except OSError:  # the disk went read-only or full mid-run: the lock still goes
-                    pass
-                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @property
+    def holds_indexing_lock(self) -> bool:
+        """True while this process holds the library's indexing lock: only then are FAISS files written."""
+        return locks.held_here(self.folder)
 
     # --- vectors (FAISS, derived from the embeddings table) ----------------------------------------------------
+
+    def _reconcile_vectors(self) -> None:
+        """The lock was just taken: save again every FAISS file that is missing, stale or corrupt (readers
+        searched an index rebuilt in memory meanwhile), so readers load a good file from now on."""
+        try:
+            spaces = set(self.vector_spaces()) | {p.stem for p in (self.folder / "vectors").glob("*.json")}
+            for space in sorted(spaces):
+                with self._vectors_lock:
+                    store = self._vectors.get(space)
+                if store is None:
+                    self.vectors(space)  # opening checks the files and, with the lock held, saves a rebuild
+                else:
+                    store.reconcile()
+        except Exception as err:  # noqa: BLE001 - a full disk, a damaged database: the run meets it and says so
+            log.warning("could not bring the vector files of %s up to date: %s", self.folder, err)
 
     def vectors(self, space: str):
         """The VectorStore of one embedding space, opened (and reconciled with SQLite) on first use."""

@@ -75,13 +75,16 @@ class RepairReport:
 
 @contextmanager
 def _exclusive(folder: Path):
-    """The indexing lock's file, held exclusively: no indexing run starts (or runs) while the file is rebuilt."""
+    """The indexing lock's file, held exclusively: no indexing run starts (or runs) while the file is rebuilt,
+    and this process is the one that writes the vector files (`Library.holds_indexing_lock`)."""
+    from storage.indexing_lock import LOCK_NAME, holding
+
     try:
         import fcntl
     except ImportError:
-        yield
+        with holding(folder):
+            yield
         return
-    from storage.library import LOCK_NAME
 
     with open(folder / LOCK_NAME, "a+") as f:
         try:
@@ -90,7 +93,8 @@ def _exclusive(folder: Path):
             raise SightlineError("An indexing run is working on this library, so it cannot be repaired now.",
                                  hint="Stop it (and the web UI), then run `sightline repair` again.") from None
         try:
-            yield
+            with holding(folder):
+                yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

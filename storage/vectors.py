@@ -2,10 +2,17 @@
 
 A vector's FAISS id is its moment's row id (`add_with_ids`), so a result maps back through one lookup. SQLite is
 the truth: `vectors/<space>.faiss` has a sidecar `<space>.json` holding the id checksum (count, sum, min, max of
-the moment ids, the model) and the byte size and CRC32 of the .faiss file it describes. On open the store is
-rebuilt from SQLite when the file is missing, unreadable, corrupt (size/CRC differ), or stale (the checksum
-disagrees with SQLite: a run killed between its commit and the FAISS save). `rebuild()` streams the embeddings
-table in chunks, so its peak memory is the index plus one chunk.
+the moment ids, the model) and the byte size and CRC32 of the .faiss file it describes (storage/vector_files.py
+reads and writes the pair). On open the store is rebuilt from SQLite when the file is missing, unreadable,
+corrupt (size/CRC differ), or stale (the checksum disagrees with SQLite: a run killed between its commit and the
+FAISS save). `rebuild()` streams the embeddings table in chunks, so its peak memory is the index plus one chunk.
+
+One writer: only a process that holds the library's indexing lock (`Library.holds_indexing_lock`: an indexing
+run, `sightline repair`) writes these files. Any other process (the web UI searching, a CLI search) is a reader:
+it reloads a file when its sidecar changes; when the file is missing, stale or corrupt it keeps its last index if
+that still matches SQLite, else rebuilds one in memory from SQLite, never saves it, and logs once per change that
+the file is rebuilt by the next indexing run (`Library.indexing_lock` calls `reconcile()` when it is taken).
+While it reloads, searches in other threads keep using the last index it had.
 
 Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-like vectors, 2 shared cores):
 
@@ -55,16 +62,15 @@ For IVF:
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import os
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
+from storage import vector_files as files
 from storage.errors import SightlineError
 from storage.models import Embedding
 
@@ -76,6 +82,8 @@ TRAIN_SAMPLE = 100_000  # vectors used to train the IVF quantizer (k-means)
 KMEANS_ITERATIONS = 10  # FAISS's default 25 triples training time for no measurable recall here
 CHUNK = 50_000  # rows per read while rebuilding
 REBUILD_GROWTH = 4  # an IVF index is rebuilt (re-trained, nlist ~ sqrt(n)) once it holds 4x what it was built for
+
+log = logging.getLogger("sightline")
 
 
 def ivf_nlist(count: int) -> int:
@@ -110,44 +118,6 @@ def make_index(dim: int, count: int, kind: str = "auto"):
 
 def is_ivf(index) -> bool:
     return hasattr(index, "nlist") and hasattr(index, "invlists")
-
-
-def _checksum(session, space: str) -> dict:
-    row = session.execute(
-        select(func.count(Embedding.id), func.coalesce(func.sum(Embedding.moment_id), 0),
-               func.min(Embedding.moment_id), func.max(Embedding.moment_id), func.min(Embedding.model))
-        .where(Embedding.space == space)
-    ).one()
-    return {"count": int(row[0]), "id_sum": int(row[1]), "id_min": row[2], "id_max": row[3], "model": row[4]}
-
-
-_CHECKSUM_KEYS = ("count", "id_sum", "id_min", "id_max", "model")
-
-
-def _file_crc(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def _move_aside_unless_file(path: Path) -> None:
-    """A folder (or anything not a file) where a derived file goes is renamed <name>.broken-<time>, never
-    deleted, so the file can be written again; SightlineError when even that is not possible."""
-    if not os.path.lexists(path) or path.is_file() and not path.is_symlink():
-        return
-    import logging
-    import time
-
-    aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        os.replace(path, aside)
-    except OSError as err:
-        raise SightlineError(f"{path} is not a file (a folder or link is in its place) and cannot be moved "
-                             f"aside: {err.strerror}.",
-                             hint="Move or delete it; Sightline rebuilds the vectors from the database.") from None
-    logging.getLogger("sightline").warning("%s was not a file; moved aside to %s and rebuilt", path, aside)
 
 
 def decode_vector(blob: bytes) -> np.ndarray:
@@ -192,8 +162,10 @@ class VectorStore:
         self.index = index
         self.meta = meta or {}
         self._lock = threading.RLock()
-        self._loaded_mtime = self._mtime()
+        self._reload_lock = threading.Lock()  # one reload (or reconcile) at a time; taken before _lock, never after
+        self._loaded_mtime = self._mtime()  # the sidecar's mtime when its change was last taken in
         self.rebuilt_on_open: str | None = None  # why open() rebuilt, for logs and tests
+        self.unsaved: str | None = None  # why the files do not hold this index (a reader may not save it)
 
     @property
     def path(self) -> Path:
@@ -203,65 +175,42 @@ class VectorStore:
     def meta_path(self) -> Path:
         return self.path.with_suffix(".json")
 
-    def _mtime(self) -> float:
-        try:
-            return self.meta_path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+    def _mtime(self) -> int:
+        return files.sidecar_mtime(self.meta_path)
 
     # --- open / rebuild ------------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, library, space: str) -> VectorStore:
-        """Load the saved index when it matches SQLite; otherwise rebuild it from SQLite."""
+        """Load the saved index when it matches SQLite; otherwise rebuild it from SQLite (saved only by the
+        indexing lock's holder)."""
         store = cls(library, space)
         reason = store._try_load()
         if reason:
-            store.rebuild()
+            store.rebuild(reason=reason)
             store.rebuilt_on_open = reason
         return store
 
     def _try_load(self) -> str | None:
-        """Load the saved pair; return None on success or why it cannot be used."""
-        import faiss
-
+        """Load the saved pair; return None on success or why it cannot be used. Either way the sidecar's
+        mtime seen before reading is taken as loaded: a later save changes it and is taken in then."""
+        self._loaded_mtime = self._mtime()  # before reading: a save landing meanwhile is reloaded later
         with self.library.read() as s:
-            expected = _checksum(s, self.space)
-        if not self.meta_path.exists():
-            return "no sidecar"
-        try:
-            meta = json.loads(self.meta_path.read_text())
-        except (OSError, ValueError):
-            return "unreadable sidecar"
-        if {k: meta.get(k) for k in _CHECKSUM_KEYS} != {k: expected[k] for k in _CHECKSUM_KEYS}:
-            return "stale: SQLite holds other vectors"
-        if expected["count"] == 0:
-            self.index, self.meta, self._loaded_mtime = None, meta, self._mtime()
-            return None
-        if not self.path.exists():
-            return "no index file"
-        if not self.path.is_file():
-            return "index path is not a file (a folder?)"
-        try:
-            if self.path.stat().st_size != meta.get("bytes") or _file_crc(self.path) != meta.get("crc32"):
-                return "index file corrupt (size or CRC differs)"
-        except OSError:
-            return "index file unreadable"
-        try:
-            index = faiss.read_index(str(self.path))
-        except RuntimeError:
-            return "index file unreadable"
-        if index.ntotal != expected["count"]:
-            return "index file holds another count"
+            expected = files.checksum(s, self.space)
+        loaded = files.read_pair(self.path, self.meta_path, expected)
+        if isinstance(loaded, str):
+            return loaded
+        index, meta = loaded
         if is_ivf(index):
             index.nprobe = min(IVF_NPROBE, index.nlist)  # the setting of this version, not of the saved file
-        self.index, self.meta, self._loaded_mtime = index, meta, self._mtime()
+        self.index, self.meta = index, meta
         return None
 
-    def rebuild(self, kind: str = "auto") -> None:
-        """Rebuild the index from what SQLite holds (streamed in chunks), then save it."""
+    def rebuild(self, kind: str = "auto", reason: str = "rebuilt from the database") -> None:
+        """Rebuild the index from what SQLite holds (streamed in chunks), then save it (the lock holder) or
+        keep it in memory only (a reader; `reason` is logged)."""
         with self.library.read() as s:
-            meta = _checksum(s, self.space)
+            meta = files.checksum(s, self.space)
         index = None
         if meta["count"]:
             first = self._read_chunk(-1, 1)[1]
@@ -278,7 +227,7 @@ class VectorStore:
         with self._lock:
             self.index = index
             self.meta = {**meta, "dim": int(index.d) if index is not None else None, "built_count": meta["count"]}
-            self._save_locked()
+            self._save_locked(reason)
 
     def _read_chunk(self, after_id: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         with self.library.read() as s:
@@ -307,7 +256,7 @@ class VectorStore:
     # --- changes (the rows are already committed to SQLite) --------------------------------------------------
 
     def add(self, ids, vectors: np.ndarray) -> None:
-        """Add vectors (already committed to SQLite) under their moment ids, and save."""
+        """Add vectors (already committed to SQLite) under their moment ids, and save (the lock holder)."""
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if not len(ids):
@@ -325,7 +274,7 @@ class VectorStore:
                 return
             self.index.add_with_ids(vectors, ids)
             self._refresh_meta_locked()
-            self._save_locked()
+            self._save_locked("vectors added")
 
     def _outgrown(self, count: int) -> bool:
         """A flat index past EXACT_LIMIT, or an IVF index at REBUILD_GROWTH x the size it was trained for."""
@@ -334,7 +283,7 @@ class VectorStore:
         return count > REBUILD_GROWTH * max(1, self.meta.get("built_count") or self.index.ntotal)
 
     def remove(self, ids) -> None:
-        """Remove the vectors of these moment ids (already deleted from SQLite), and save."""
+        """Remove the vectors of these moment ids (already deleted from SQLite), and save (the lock holder)."""
         ids = np.asarray(list(ids), dtype=np.int64)
         if not len(ids):
             return
@@ -342,7 +291,7 @@ class VectorStore:
             if self.index is not None:
                 self.index.remove_ids(ids)
             self._refresh_meta_locked()
-            self._save_locked()
+            self._save_locked("vectors removed")
 
     # --- search ----------------------------------------------------------------------------------------------
 
@@ -408,36 +357,85 @@ class VectorStore:
 
     def _refresh_meta_locked(self) -> None:
         with self.library.read() as s:
-            self.meta = {**self.meta, **_checksum(s, self.space),
+            self.meta = {**self.meta, **files.checksum(s, self.space),
                          "dim": int(self.index.d) if self.index is not None else None}
 
-    def _save_locked(self) -> None:
-        import faiss
-
-        tmp = self.path.with_suffix(".faiss.tmp")
-        for path in (self.path, self.meta_path, tmp, self.meta_path.with_suffix(".json.tmp")):
-            _move_aside_unless_file(path)
-        if self.index is not None:
-            faiss.write_index(self.index, str(tmp))
-            self.meta = {**self.meta, "bytes": tmp.stat().st_size, "crc32": _file_crc(tmp)}
-            os.replace(tmp, self.path)
-        elif self.path.exists():
-            self.path.unlink()
-        tmp_meta = self.meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(self.meta))
-        os.replace(tmp_meta, self.meta_path)  # written last: the pair is valid once this lands
+    def _save_locked(self, reason: str) -> None:
+        """Write the index and its sidecar, if this process holds the indexing lock; otherwise keep the index
+        in memory only and say (once per change) that the file waits for the lock holder."""
+        if not self.library.holds_indexing_lock:
+            self._note_unsaved(reason)
+            return
+        self.meta = files.write_pair(self.index, self.meta, self.path, self.meta_path)
         self._loaded_mtime = self._mtime()
+        self.unsaved = None
+
+    def _note_unsaved(self, reason: str) -> None:
+        if reason == self.unsaved:
+            return
+        self.unsaved = reason
+        if self.count == 0 and not self.meta_path.exists():
+            return  # an empty space that never had a file: nothing is out of date
+        log.warning("%s: %s; this process does not hold the indexing lock, so it searches the index it holds in "
+                    "memory (matching the database) and the file is rebuilt by the next indexing run.",
+                    self.path, reason)
+
+    def _holds_what_sqlite_holds(self) -> bool:
+        with self.library.read() as s:
+            expected = files.checksum(s, self.space)
+        with self._lock:
+            return self.count == expected["count"] and files.same_checksum(self.meta, expected)
+
+    def _files_match_locked(self) -> bool:
+        """The saved pair is this index (its sidecar as loaded or saved, the file as the sidecar says)."""
+        return (self._mtime() == self._loaded_mtime and not self.unsaved
+                and files.pair_matches(self.index, self.meta, self.path, self.meta_path))
 
     def refresh(self) -> None:
         """Load the saved index again if another process (the indexer beside a running UI) saved a newer one."""
         self._reload_if_changed()
 
+    def reconcile(self) -> None:
+        """For the indexing lock's holder: make the saved files match SQLite again where a reader found them
+        missing, stale or corrupt (rebuilding only when the index in memory does not match SQLite either)."""
+        with self._reload_lock:
+            if self._mtime() != self._loaded_mtime:
+                self._reload()
+            if not self._holds_what_sqlite_holds():
+                self.rebuild(reason="stale: SQLite holds other vectors")
+                return
+            with self._lock:
+                if not self._files_match_locked():
+                    self._save_locked(self.unsaved or "the saved files differ from the index")
+
     def _reload_if_changed(self) -> None:
         """Another process (the CLI indexer beside a running UI) may have saved a newer index."""
-        if self._mtime() != self._loaded_mtime:
-            fresh = VectorStore.open(self.library, self.space)
+        if self._mtime() == self._loaded_mtime:
+            return
+        # One reload at a time; meanwhile other searches keep the last index (a store without one waits).
+        if not self._reload_lock.acquire(blocking=self.index is None):
+            return
+        try:
+            if self._mtime() != self._loaded_mtime:
+                self._reload()
+        finally:
+            self._reload_lock.release()
+
+    def _reload(self) -> None:
+        """Take in the files as they are now (the caller holds _reload_lock)."""
+        fresh = VectorStore(self.library, self.space)
+        reason = fresh._try_load()
+        if reason is None:
             with self._lock:
-                self.index, self.meta, self._loaded_mtime = fresh.index, fresh.meta, fresh._loaded_mtime
+                self.index, self.meta, self._loaded_mtime, self.unsaved = fresh.index, fresh.meta, \
+                    fresh._loaded_mtime, None
+            return
+        self._loaded_mtime = fresh._loaded_mtime  # this change is taken in: the next save is the next reload
+        if self._holds_what_sqlite_holds():  # the last index is still right: keep it (and, holding the lock, save)
+            with self._lock:
+                self._save_locked(reason)
+            return
+        self.rebuild(reason=reason)
 
     def close(self) -> None:
         pass

@@ -7,7 +7,8 @@ normalised sum), for tests where semantics do not matter; texts that share words
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -57,5 +58,16 @@ def add_video(lib, path: str, duration: float, moments: Sequence[tuple], embed: 
         vecs = embed([m[3] for m in moments])
         lib.write(lambda s: s.add_all(Embedding(moment_id=i, space=space, model=model, vector=encode_vector(v))
                                       for i, v in zip(ids, vecs)))
-        lib.vectors(space).add(ids, vecs)
+        with as_indexer(lib):
+            lib.vectors(space).add(ids, vecs)
     return video_id, ids
+
+
+@contextmanager
+def as_indexer(lib) -> Iterator[None]:
+    """Hold the library's indexing lock, as the indexer does when it saves vectors (unless held already)."""
+    if lib.holds_indexing_lock:
+        yield
+        return
+    with lib.indexing_lock():
+        yield

@@ -211,14 +211,18 @@ def test_a_new_empty_folder_still_makes_a_library(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_folder_in_place_of_the_faiss_file_is_moved_aside_and_rebuilt(lib_copy):
+def test_a_folder_in_place_of_the_faiss_file_is_moved_aside_and_rebuilt(lib_copy, card_mp4):
     before = _card_hits(lib_copy)
     faiss_path = lib_copy / "vectors" / "text.faiss"
     faiss_path.unlink()
     faiss_path.mkdir()
     (faiss_path / "keep.txt").write_text("mine")
     assert [(h["video"], h["start"]) for h in _card_hits(lib_copy)] == [(h["video"], h["start"]) for h in before]
+    assert faiss_path.is_dir()  # a search holds no indexing lock: it searched an index rebuilt in memory
+    result = _cli(lib_copy, "index", str(card_mp4))  # the next indexing run saves the file
+    assert result.exit_code == 0, result.output
     assert faiss_path.is_file()
+    assert [(h["video"], h["start"]) for h in _card_hits(lib_copy)] == [(h["video"], h["start"]) for h in before]
     aside = list((lib_copy / "vectors").glob("text.faiss.broken-*"))
     assert len(aside) == 1 and (aside[0] / "keep.txt").read_text() == "mine"
     result = _cli(lib_copy, "repair")
@@ -257,6 +261,7 @@ def test_a_damaged_page_fails_reads_and_writes_with_the_repair_message_and_repai
         assert kept and all(ids[i] == t for i, t in kept.items())  # same ids, same rows
         assert sorted(pending) == sorted(report.reindex)
         assert lib.vectors("fake").count == len(kept)
+        assert lib.vectors("fake").rebuilt_on_open is None  # repair (the lock's holder) saved the vector files
     assert _cli(built_copy, "status").exit_code == 0
     assert "nothing to repair" in _cli(built_copy, "repair").output
 
@@ -269,9 +274,16 @@ def test_a_folder_in_place_of_the_faiss_file_or_sidecar_is_rebuilt(built_copy):
         path.unlink()
         path.mkdir()
     with Library.open(built_copy) as lib:
-        store = lib.vectors("fake")
+        store = lib.vectors("fake")  # a reader: rebuilt in memory; the folders are left to the lock's holder
         assert store.count == 6 * 120 and store.rebuilt_on_open
+        assert (built_copy / "vectors" / "fake.faiss").is_dir() and (built_copy / "vectors" / "fake.json").is_dir()
+        with lib.indexing_lock():  # the next indexing run moves them aside and saves the files
+            pass
     assert (built_copy / "vectors" / "fake.faiss").is_file() and (built_copy / "vectors" / "fake.json").is_file()
+    assert len(list((built_copy / "vectors").glob("fake.*.broken-*"))) == 2
+    with Library.open(built_copy) as lib:
+        store = lib.vectors("fake")
+        assert store.count == 6 * 120 and store.rebuilt_on_open is None
 
 
 @pytest.mark.slow  # imports gradio (~10 s)

@@ -90,7 +90,8 @@ def test_reopen_repairs_a_damaged_or_stale_index(filled, damage):
         _, new_ids = add_video(filled, "/videos/late.mp4", 4.0, [(0, 1, "speech", "red car late")], embed=None)
         filled.write(lambda s: s.add(Embedding(moment_id=new_ids[0], space="text", model="fake-bow",
                                                vector=encode_vector(fake_embed(["red car late"])[0]))))
-    lib, store = _reopen(filled)
+    damaged = _files(filled)
+    lib, store = _reopen(filled)  # a reader: rebuilt in memory, the files left to the indexing lock's holder
     try:
         assert store.rebuilt_on_open, "the damaged index was loaded as if it were fine"
         np.testing.assert_array_equal(store.ids(), _sqlite_ids(lib))
@@ -100,10 +101,23 @@ def test_reopen_repairs_a_damaged_or_stale_index(filled, damage):
         store2 = vectors.VectorStore(lib, "text")  # the same as an explicit rebuild
         store2.rebuild()
         assert _results(store2, QUERIES) == after
+        assert _files(lib) == damaged, "a process without the indexing lock wrote the vector files"
+        with lib.indexing_lock():  # the next indexing run rebuilds the files when it takes the lock
+            pass
         meta = json.loads(store.meta_path.read_text())
         assert meta["count"] == len(_sqlite_ids(lib)) and meta["bytes"] == store.path.stat().st_size
+        assert _results(store, QUERIES) == after
     finally:
         lib.close()
+    lib, store = _reopen(lib)
+    try:
+        assert store.rebuilt_on_open is None and _results(store, QUERIES) == after  # the saved files are good
+    finally:
+        lib.close()
+
+
+def _files(lib: Library) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (lib.folder / "vectors").iterdir()}
 
 
 def test_a_good_index_is_loaded_not_rebuilt(filled):

@@ -193,6 +193,7 @@ def build_library_through_storage(library, clips: list[Path], embed=None) -> Non
 
     from storage.models import INDEXED, Embedding, Moment, StageRun, Video
     from storage.vectors import encode_vector
+    from tests.library_builder import as_indexer
 
     facts = {
         "a.mp4": [(0.0, 1.9, "visual", "a dark slate screen with a small outlined logo"),
@@ -233,4 +234,5 @@ def build_library_through_storage(library, clips: list[Path], embed=None) -> Non
 
         ids = library.write(add_moments)
         if vectors is not None:
-            library.vectors("text").add(ids, vectors)
+            with as_indexer(library):  # only the indexing lock's holder saves the FAISS files
+                library.vectors("text").add(ids, vectors)
