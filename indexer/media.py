@@ -1,13 +1,12 @@
-"""Media access: probe, fingerprint, streaming frame decode and audio extraction.
+"""Media access: probe, fingerprint and streaming frame decode (audio: indexer/audio.py).
 
 Probe goes through ffprobe (ffmpeg-python) and falls back to PyAV's container metadata where no ffprobe is
 installed. Frames are decoded one at a time (decord, PyAV as fallback) and never held as a whole video.
-Audio comes out as 16 kHz mono float32 in chunks, so an hour of sound is never one array unless asked for.
 
 One clock for every reader (DESIGN, "Times"): content time `t = pts_seconds - info.start_time`, where
 `start_time` is the PTS of the video stream's first frame (after the container's edit list): 0 is the first frame
 a player shows. Frames with t < 0 (an edit list's lead-in, leading frames of an open GOP) are not content and are
-dropped; audio before 0 is cut off. The engine (engine/video_inputs.py) keeps its own copy of this rule, as
+dropped; audio before 0 is cut off (indexer/audio.py). The engine (engine/video_inputs.py) keeps its own copy of this rule, as
 DESIGN keeps the engine from importing the indexer; tests/test_media_clock.py proves the two agree.
 
 Frames come out upright, as a player shows them: `info.rotation` (the display matrix, as degrees clockwise) is
@@ -22,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,11 +30,10 @@ import numpy as np
 
 from storage.errors import SightlineError
 
-SAMPLE_RATE = 16_000  # Whisper's rate; every audio consumer gets this
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split())
 
-_HINT_REENCODE = "Re-encode it with ffmpeg (ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4) or remove it from the folder."
+HINT_REENCODE = "Re-encode it with ffmpeg (ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4) or remove it from the folder."
 
 
 @dataclass(frozen=True)
@@ -103,9 +100,9 @@ def _explain_probe_failure(path: Path, detail: str) -> SightlineError:
                               hint="The copy or recording did not finish; copy it again or re-encode what is left.")
     if "invalid data" in low or "could not find codec parameters" in low or "unknown format" in low:
         return SightlineError(f"{path.name}: not a video file that ffmpeg can read ({detail.strip()}).",
-                              hint="Check that it really is a video; " + _HINT_REENCODE)
+                              hint="Check that it really is a video; " + HINT_REENCODE)
     return SightlineError(f"{path.name}: cannot read the file ({detail.strip() or 'unknown error'}).",
-                          hint=_HINT_REENCODE)
+                          hint=HINT_REENCODE)
 
 
 def _decoder_available(codec: str) -> bool:
@@ -189,7 +186,7 @@ def probe(path: str | Path) -> MediaInfo:
     codec = video.get("codec_name") or ""
     if not codec or not _decoder_available(codec):
         raise SightlineError(f"{path.name}: the video codec {codec or '(unknown)'!r} is not supported here.",
-                             hint=_HINT_REENCODE)
+                             hint=HINT_REENCODE)
     # Content time 0 is the video's first frame (the stream's start after the edit list), not the container's
     # start: that is the earliest of all streams (often AAC priming a few ms before the picture).
     start = _start(video, _float(fmt.get("start_time")))
@@ -198,7 +195,7 @@ def probe(path: str | Path) -> MediaInfo:
     duration = max(video_duration, audio_end - start)
     if duration <= 0:
         raise SightlineError(f"{path.name}: the file reports no duration; it is probably truncated.",
-                             hint=_HINT_REENCODE)
+                             hint=HINT_REENCODE)
     fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
     audio_start = _start(audio, start) - start if audio else 0.0
     rotation = stream_rotation(video)
@@ -309,7 +306,7 @@ def next_step(t: float, fps: float) -> float:
 
 def _decode_error(path: str, err: Exception) -> SightlineError:
     return SightlineError(f"{Path(path).name}: decoding failed ({err}); the file may be damaged or truncated.",
-                          hint=_HINT_REENCODE)
+                          hint=HINT_REENCODE)
 
 
 def upright(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -439,98 +436,6 @@ def scan_frames(info: MediaInfo, skip_nonref: bool = True) -> Iterator[tuple[flo
                 yield max(0.0, t), frame
     except av.FFmpegError as err:
         raise _decode_error(info.path, err) from err
-
-
-# --- audio ------------------------------------------------------------------------------------------------------
-
-
-def iter_audio(info: MediaInfo, chunk_s: float = 120.0) -> Iterator[tuple[float, np.ndarray]]:
-    """16 kHz mono float32 audio as (offset in content seconds, samples) chunks; sound before content time 0
-    (audio that starts before the first frame, as AAC priming in MPEG-TS does) is cut off.
-
-    Chunks are about chunk_s long (memory stays flat in the file's length) and end at the quietest 20 ms of
-    their last 5 seconds, so a cut rarely falls inside a word.
-    """
-    if not info.has_audio:
-        return
-    chunk = int(chunk_s * SAMPLE_RATE)
-    ffmpeg_exe = shutil.which("ffmpeg")
-    gen = _audio_ffmpeg(info, ffmpeg_exe) if ffmpeg_exe else _audio_pyav(info)
-    buf: list[np.ndarray] = []
-    have = 0
-    offset = max(0.0, info.audio_start)
-    skip = int(round(max(0.0, -info.audio_start) * SAMPLE_RATE))  # samples before content time 0
-    for block in gen:
-        if skip:
-            block, skip = block[skip:], max(0, skip - len(block))
-        buf.append(block)
-        have += len(block)
-        while have >= chunk:
-            joined = np.concatenate(buf)
-            cut = _quiet_cut(joined, chunk)
-            yield offset, joined[:cut]
-            offset += cut / SAMPLE_RATE
-            buf, have = [joined[cut:]], len(joined) - cut
-    if have:
-        yield offset, np.concatenate(buf)
-
-
-def _quiet_cut(audio: np.ndarray, chunk: int, search_s: float = 5.0, window: int = SAMPLE_RATE // 50) -> int:
-    """Sample index near `chunk` where the audio is quietest (RMS over 20 ms windows in the last search_s)."""
-    lo = max(window, chunk - int(search_s * SAMPLE_RATE))
-    tail = audio[lo:chunk]
-    n = len(tail) // window
-    if n < 2:
-        return chunk
-    rms = np.sqrt(np.mean(tail[: n * window].reshape(n, window) ** 2, axis=1))
-    return lo + int(np.argmin(rms)) * window + window // 2
-
-
-def load_audio(info: MediaInfo) -> tuple[float, np.ndarray]:
-    """The whole audio track at once (short files, tests): (offset in content seconds, samples)."""
-    parts = list(iter_audio(info, chunk_s=1e9))
-    if not parts:
-        return 0.0, np.zeros(0, np.float32)
-    return parts[0]
-
-
-def _audio_ffmpeg(info: MediaInfo, exe: str) -> Iterator[np.ndarray]:
-    cmd = [exe, "-nostdin", "-v", "error", "-i", info.path, "-map", "0:a:0", "-vn", "-ac", "1",
-           "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        while True:
-            raw = proc.stdout.read(SAMPLE_RATE * 4 * 30)  # 30 s per read
-            if not raw:
-                break
-            yield np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype=np.float32)
-        err = proc.stderr.read().decode("utf-8", "replace").strip()
-        if proc.wait() != 0:
-            raise SightlineError(f"{Path(info.path).name}: the audio track cannot be decoded ({err[-300:]}).",
-                                 hint=_HINT_REENCODE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-
-
-def _audio_pyav(info: MediaInfo) -> Iterator[np.ndarray]:
-    import av
-
-    try:
-        with av.open(info.path) as c:
-            stream = c.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            for frame in c.decode(stream):
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-            for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-    except av.FFmpegError as err:
-        raise SightlineError(f"{Path(info.path).name}: the audio track cannot be decoded ({err}).",
-                             hint=_HINT_REENCODE) from err
 
 
 def has_ffprobe() -> bool:

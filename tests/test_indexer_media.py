@@ -127,7 +127,8 @@ def test_frames_carry_pts_times_and_are_downscaled(bikes_mp4, backend):
 
 
 def test_audio_starts_where_it_was_muxed(media):
-    from indexer.media import SAMPLE_RATE, iter_audio, load_audio, probe
+    from indexer.audio import SAMPLE_RATE, iter_audio, load_audio
+    from indexer.media import probe
 
     info = probe(media["speech"])
     offset, audio = load_audio(info)

@@ -221,7 +221,7 @@ def test_on_screen_text_is_read_upright_at_the_same_time(made, scanned, ocr, car
 
 def speech_onset(info) -> float:
     """Content time where the speech starts: the first 10 ms whose RMS passes a tenth of the loudest."""
-    from indexer.media import SAMPLE_RATE, load_audio
+    from indexer.audio import SAMPLE_RATE, load_audio
 
     offset, audio = load_audio(info)
     w = SAMPLE_RATE // 100
@@ -241,7 +241,8 @@ def speech_in_source(made) -> float:
 
 @pytest.mark.parametrize("kind", VARIANTS)
 def test_speech_lands_at_the_same_time(made, speech_in_source, kind):
-    from indexer.media import iter_audio, probe
+    from indexer.audio import iter_audio
+    from indexer.media import probe
 
     v = variant(made, kind)
     info = probe(v.path)

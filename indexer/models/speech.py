@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from indexer.defaults import DEFAULT_WHISPER_MODEL
-from indexer.media import SAMPLE_RATE
+from indexer.audio import SAMPLE_RATE
 from indexer.phrases import Word
 from storage.errors import SightlineError
 from storage.once import OnceCache

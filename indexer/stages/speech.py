@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from indexer.context import IndexContext, MomentIn, StageOutput, VideoJob
 from indexer.frames import cache_folder, load_index, nearest_sample
-from indexer.media import SAMPLE_RATE, iter_audio
+from indexer.audio import SAMPLE_RATE, iter_audio
 from indexer.phrases import Phrase, split_phrases
 from indexer.thumbnails import moment_thumbnail
 
