@@ -42,7 +42,7 @@ class Services:
         video_ids = [self.library.video_by_ref(video).id] if video else None
         return search(self.library, query, self.text_embedder, k=k, modalities=modalities, video_ids=video_ids)
 
-    # --- indexing (indexer-core) ---------------------------------------------------------------------------
+    # --- indexing ----------------------------------------------------------------------------------------
 
     def index_context(self, captions: bool | None = None):
         """The indexer's context: options from settings and models as lazy callables (the indexer imports no app)."""
