@@ -57,6 +57,14 @@ def card_mp4() -> Path:
     return gradio_media("videos", "a.mp4")
 
 
+@pytest.fixture(scope="session")
+def embedder():
+    """The real text embedder (all-MiniLM-L6-v2, shipped offline), for libraries whose search must mean something."""
+    from indexer.embedders import load_text_embedder
+
+    return load_text_embedder("all-MiniLM-L6-v2")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""

@@ -30,13 +30,6 @@ KITCHEN = [
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    from indexer.embedders import load_text_embedder
-
-    return load_text_embedder("all-MiniLM-L6-v2")
-
-
-@pytest.fixture(scope="module")
 def minilm_library(tmp_path_factory, embedder):
     folder = tmp_path_factory.mktemp("minilm") / "lib"
     lib = Library.open(folder)
