@@ -58,7 +58,7 @@ def test_setting_is_read_from_the_environment():
 
 
 @pytest.mark.slow
-def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch):
+def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch, tmp_path):
     """A hub id loads through the real loader; the hub calls are redirected to the tiny folder and record kwargs."""
     import huggingface_hub
     import torch
@@ -91,27 +91,26 @@ def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch):
 
     calls.clear()
     override = "f" * 40
-    chat = loading.load_vlm_or_reason(
-        type("S", (), {"vlm_model": "qwen3-vl-2b", "quantization": "bf16", "cache_bytes": 2**20, "library": None,
-                       "vlm_revision": override})
-    )[0]
+    settings = load_settings({}, vlm_model="qwen3-vl-2b", quantization="bf16", cache_bytes=2**20,
+                             library=str(tmp_path / "lib"), vlm_revision=override)
+    chat, reason = loading.load_vlm_or_reason(settings)
+    assert chat is not None, reason
     assert calls and all(kw.get("revision") == override for _, kw in calls), calls
     assert chat.describe()["revision"] == override
 
 
 def test_prefix_cache_key_uses_the_resolved_commit(tmp_path):
-    from types import SimpleNamespace
-
     torch = pytest.importorskip("torch")
     from engine.generate import make_generator
+    from tests.chat_builders import bare_chat, cpu_plan
     from engine.models.internvideo3 import InternVideo3ForConditionalGeneration, tiny_internvideo3_config
 
     torch.manual_seed(0)
     model = InternVideo3ForConditionalGeneration(tiny_internvideo3_config(), latent=True).eval()
     keys = []
     for commit in ("1" * 40, "2" * 40):
-        plan = SimpleNamespace(quantization="bf16", spec=SimpleNamespace(revision=commit))
-        gen = make_generator(SimpleNamespace(model=model, library=tmp_path, cache_bytes=2**20, name="m", plan=plan))
+        chat = bare_chat(model, plan=cpu_plan("m", "internvideo3", revision=commit), cache_bytes=2**20, library=tmp_path)
+        gen = make_generator(chat)
         assert commit in gen.revision
         keys.append(gen.revision)
     assert keys[0] != keys[1]  # another commit: another prefix-cache key, so no stale cache is reused
@@ -136,17 +135,19 @@ def test_a_local_folder_reports_the_commit_it_recorded(tmp_path):
 
 @pytest.mark.slow
 def test_settings_view_shows_revision_generation_and_disk_cache(tmp_path):
-    from types import SimpleNamespace
+    from unittest.mock import create_autospec
 
     from app.services import Services
     from app.ui import status_markdown
+    from engine.chat import VideoChat
 
     services = Services(load_settings({}, library=str(tmp_path / "lib")))
-    chat = SimpleNamespace(describe=lambda: {
+    chat = create_autospec(VideoChat, instance=True)  # only VideoChat's own methods: a rename fails here
+    chat.describe.return_value = {
         "model": "Qwen/Qwen3-VL-2B-Instruct", "revision": "0" * 40, "generation": "plain",
         "latent_cache_unavailable": "the end-to-end check failed: decode step 2 | x",
         "cache": {"bytes": 0, "entries": 0, "disk_bytes": 3 * 2**20, "disk_cap": 2**30, "disk_entries": 2},
-    })
+    }
     services.__dict__["_vlm"] = (chat, "")
     text = status_markdown(services)
     assert "| Model revision | " + "0" * 40 + " |" in text
