@@ -112,15 +112,18 @@ def test_no_gpu_refuses_big_models_and_says_what_to_do(no_gpu, name):
     assert "GiB of GPU memory with SIGHTLINE_QUANTIZATION=nf4" in text  # the plan's own figure, not "8 GiB"
 
 
-def test_auto_and_none_fall_back_to_evidence_only(no_gpu):
-    class S:
-        vlm_model, quantization, cache_bytes, library = "auto", "auto", GIB, None
+def test_auto_and_none_fall_back_to_evidence_only(no_gpu, tmp_path):
+    from dataclasses import replace
 
-    chat, reason = load_vlm_or_reason(S)
+    from app.settings import load_settings
+
+    settings = load_settings({}, vlm_model="auto", quantization="auto", cache_bytes=GIB, library=str(tmp_path / "lib"))
+    chat, reason = load_vlm_or_reason(settings)
     assert chat is None and "no CUDA GPU" in reason and "evidence" in reason
-    S.vlm_model = "none"
-    chat, reason = load_vlm_or_reason(S)
+    assert reason.startswith("No answering model") and "SIGHTLINE_VLM_MODEL=qwen3-vl-2b" in reason, reason
+    chat, reason = load_vlm_or_reason(replace(settings, vlm_model="none"))
     assert chat is None and "'none'" in reason
+    assert reason.startswith("No answering model") and "SIGHTLINE_VLM_MODEL=qwen3-vl-2b" in reason, reason
 
 
 def test_offline_weights_name_the_model_and_how_to_get_them(no_gpu, monkeypatch, tmp_path):
@@ -326,9 +329,8 @@ def test_memory_estimate_counts_the_real_8b_shape():
 
 def test_vlm_model_none_imports_nothing_heavy():
     code = (
-        "import sys; from engine.loading import load_vlm_or_reason\n"
-        "class S: vlm_model = 'none'\n"
-        "chat, reason = load_vlm_or_reason(S)\n"
+        "import sys; from engine.loading import load_vlm_or_reason; from app.settings import load_settings\n"
+        "chat, reason = load_vlm_or_reason(load_settings({}, vlm_model='none'))\n"
         "print(chat is None, 'torch' in sys.modules, reason.startswith('No answering model'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
