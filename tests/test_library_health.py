@@ -10,7 +10,6 @@ garbage over a page that SQLite's dbstat names.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from storage.errors import SightlineError
+from tests.library_builder import add_video, copy_library
 
 PAGE = 4096
 FAKE_VIDEOS, FAKE_MOMENTS = 12, 250
 
 def _add_cameras(lib, count: int = FAKE_VIDEOS, moments: int = FAKE_MOMENTS) -> None:
-    from tests.library_builder import add_video
-
     for v in range(count):
         add_video(lib, f"/footage/cam{v:02d}.mp4", 600,
                   [(i, i + 1, "speech", f"camera {v} segment {i} the harbour crane lifts container {i}")
@@ -44,9 +42,7 @@ def built(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def built_copy(built, tmp_path) -> Path:
-    folder = tmp_path / "lib"
-    shutil.copytree(built, folder)
-    return folder
+    return copy_library(built, tmp_path / "lib")
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +63,7 @@ def pristine(tmp_path_factory, card_mp4) -> Path:
 
 @pytest.fixture
 def lib_copy(pristine, tmp_path) -> Path:
-    folder = tmp_path / "lib"
-    shutil.copytree(pristine, folder)
-    return folder
+    return copy_library(pristine, tmp_path / "lib")
 
 
 def _cli(folder: Path, *args: str):
