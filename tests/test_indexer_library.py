@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import gradio_media
+from tests.contracts import assert_moment
 from tests.test_indexer_media import SPEECH_OFFSET, build_media
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,10 @@ def _cli(*args: str, ok: bool = True):
 
 def _search(library: Path, query: str, *extra: str) -> list[dict]:
     out = _cli("--library", str(library), "search", query, "--json", *extra).output
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    hits = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    for hit in hits:
+        assert_moment(hit)  # every line the CLI prints is a DESIGN moment
+    return hits
 
 
 def _status(library: Path) -> dict:
