@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from engine import loading
 from engine.loading import (
     GIB,
     bytes_needed,
@@ -23,19 +22,7 @@ from engine.loading import (
 from engine.registry import DEFAULT_GPU_MODEL, REGISTRY, resolve
 from storage.errors import SightlineError
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from engine.tiny import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_loads():
-    loading.forget_loaded()
-    yield
-    loading.forget_loaded()
+pytestmark = pytest.mark.usefixtures("fresh_loads")  # conftest: no model loaded by another test is reused
 
 
 @pytest.fixture

@@ -16,20 +16,7 @@ from engine.registry import DEFAULT_GPU_MODEL, REGISTRY, local_revision, resolve
 from storage.errors import SightlineError
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from engine.tiny import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-rev"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_loads():
-    loading.forget_loaded()
-    yield
-    loading.forget_loaded()
+pytestmark = pytest.mark.usefixtures("fresh_loads")  # conftest: no model loaded by another test is reused
 
 
 def test_registry_pins_every_model_it_can_and_remote_code_is_never_loaded_unpinned():
