@@ -48,3 +48,16 @@ def assert_answer(d: dict, mode: str | None = None, duration: float | None = Non
     for e in d["evidence"]:
         assert_moment(e, duration=duration, evidence=True)
     return d["evidence"]
+
+
+def assert_search_output(output: str, durations: dict[str, float] | None = None) -> list[dict]:
+    """The moments `search --json` printed (one JSON object a line; other lines, such as log lines, are skipped),
+    each checked with assert_moment; with `durations` ({video path: seconds}) each lies inside its video."""
+    import json
+
+    hits = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    for hit in hits:
+        if durations is not None:
+            assert hit.get("video") in durations, f"a moment of an unexpected video: {hit!r}"
+        assert_moment(hit, duration=durations[hit["video"]] if durations is not None else None)
+    return hits

@@ -13,7 +13,7 @@ import pytest
 from engine.agent import Budget, answer
 from engine.agent.library_tools import LibraryTools
 from engine.agent.prompts import VERIFY_TASK, WATCH_SYSTEM
-from tests.contracts import assert_moment
+from tests.contracts import assert_answer, assert_moment
 from tests.library_builder import add_video
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_c
         assert_moment(e.to_dict(), duration=10.0, evidence=True)
         assert e.video_id == video_id
         assert e.verified == (said.get((e.video_id, e.start, e.end)) == "SUPPORTED"), (e, said)
-    assert result.to_dict()["mode"] == "agent"
+    assert_answer(result.to_dict(), mode="agent", duration=10.0)
 
 
 def test_tiny_model_inspect_and_verify_watch_real_frames_of_the_window(tiny_chat, bikes_library):

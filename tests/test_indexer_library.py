@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import gradio_media
-from tests.contracts import assert_moment
+from tests.contracts import assert_search_output
 from tests.test_indexer_media import SPEECH_OFFSET, build_media
 
 pytestmark = pytest.mark.slow
@@ -44,11 +44,7 @@ def _cli(*args: str, ok: bool = True):
 
 
 def _search(library: Path, query: str, *extra: str) -> list[dict]:
-    out = _cli("--library", str(library), "search", query, "--json", *extra).output
-    hits = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    for hit in hits:
-        assert_moment(hit)  # every line the CLI prints is a DESIGN moment
-    return hits
+    return assert_search_output(_cli("--library", str(library), "search", query, "--json", *extra).output)
 
 
 def _status(library: Path) -> dict:

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from storage.errors import SightlineError
+from tests.contracts import assert_search_output
 from tests.library_builder import add_video, copy_library
 
 PAGE = 4096
@@ -97,11 +98,9 @@ def _assert_damaged_message(result) -> None:
 
 
 def _card_hits(folder: Path) -> list[dict]:
-    import json
-
     result = _cli(folder, "search", "thanks for watching", "--json", "--k", "3")
     assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    return assert_search_output(result.output)
 
 
 @pytest.mark.slow
