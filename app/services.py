@@ -101,10 +101,7 @@ class Services:
         """(VideoChat, "") or (None, why no model is loaded), per settings; loaded once, on the first question."""
         from engine.loading import load_vlm_or_reason
 
-        s = self.settings
-        return self._vlm.get("vlm", lambda: load_vlm_or_reason(
-            model=s.vlm_model, quantization=s.quantization, cache_bytes=s.cache_bytes,
-            cache_disk_bytes=s.cache_disk_bytes, library=s.library, revision=s.vlm_revision))
+        return self._vlm.get("vlm", lambda: load_vlm_or_reason(**vlm_options(self.settings)))
 
     def loaded_vlm(self):
         """What `vlm()` returned if it has run, else None; never loads (the UI's model status)."""
@@ -130,3 +127,9 @@ class Services:
         chat, reason = self.vlm()
         return answer(question, tools, chat, video_id=video_id, on_step=on_step,
                       max_steps=self.settings.agent_steps, no_model_reason=reason)
+
+
+def vlm_options(settings: Settings) -> dict:
+    """The settings the answering model loads with, as `engine.loading.load_vlm_or_reason` takes them."""
+    return dict(model=settings.vlm_model, quantization=settings.quantization, cache_bytes=settings.cache_bytes,
+                cache_disk_bytes=settings.cache_disk_bytes, library=settings.library, revision=settings.vlm_revision)

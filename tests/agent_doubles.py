@@ -12,20 +12,15 @@ import numpy as np
 
 from engine.agent.context import VideoInfo
 from engine.agent.prompts import INSPECT_TASK, VERIFY_TASK, WATCH_SYSTEM
+from engine.video_inputs import Clip
 from storage.errors import SightlineError
 from storage.search import MomentHit
 
 
-@dataclass
-class FakeClip:
-    video_id: int | None
-    path: str
-    frames: np.ndarray
-    timestamps: list[float]
-
-
 class FakeBackend:
-    """Videos and moments held in lists; search is a word-overlap ranking (the real one is tested elsewhere)."""
+    """Videos and moments held in lists; search is a word-overlap ranking (the real one is tested elsewhere).
+
+    Its methods are engine.agent.context.ToolBackend's with the same parameters (tests/test_doubles.py checks)."""
 
     def __init__(self, videos: dict[int, tuple[str, float]], moments: list[tuple[int, float, float, str, str]]):
         self._videos = {vid: VideoInfo(vid, path, dur) for vid, (path, dur) in videos.items()}
@@ -73,13 +68,15 @@ class FakeBackend:
         self.clips.append((video_id, start, end, fps))
         n = min(max_frames, max(1, int(round((end - start) * fps))))
         ts = [start + i / fps for i in range(n)]
-        return FakeClip(video_id, self._videos[video_id].path, np.zeros((n, self.frame_side, self.frame_side, 3), np.uint8), ts)
+        frames = np.zeros((n, self.frame_side, self.frame_side, 3), np.uint8)
+        return Clip(video_id, self._videos[video_id].path, frames, ts, start=start, end=end,
+                    duration=self._videos[video_id].duration)
 
 
 @dataclass
 class ScriptedChat:
     """A model that replays given assistant turns; verify calls get `verdicts` in order (default 'NO'),
-    inspect calls get `descriptions` in order."""
+    inspect calls get `descriptions` in order. `chat` takes VideoChat.chat's parameters (tests/test_doubles.py)."""
 
     turns: list[str]
     verdicts: list[str] = field(default_factory=list)

@@ -57,6 +57,32 @@ def card_mp4() -> Path:
     return gradio_media("videos", "a.mp4")
 
 
+@pytest.fixture(scope="session")
+def embedder():
+    """The real text embedder (all-MiniLM-L6-v2, shipped offline), for libraries whose search must mean something."""
+    from indexer.models.embedders import load_text_embedder
+
+    return load_text_embedder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3-VL model folder (engine/tiny.py), written once; a test that changes it works on a copy."""
+    from engine.tiny import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def fresh_loads():
+    """engine.loading's loaded models forgotten before and after the test, so each test loads its own."""
+    from engine import loading
+
+    loading.forget_loaded()
+    yield
+    loading.forget_loaded()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run faster on one torch thread than on two stalling each other on a shared 2-core machine."""

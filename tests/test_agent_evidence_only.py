@@ -14,7 +14,7 @@ from engine.agent import answer
 from engine.agent.evidence_only import core_query
 from tests.agent_doubles import two_video_backend
 from tests.conftest import gradio_media
-from tests.contracts import assert_moment
+from tests.contracts import assert_answer
 
 REASON = "No answering model: there is no CUDA GPU here and vlm_model is 'auto'. Answers are the best evidence moments."
 
@@ -32,10 +32,8 @@ def test_evidence_only_lists_best_moments_and_says_why_and_how_to_load_a_model()
     assert "SIGHTLINE_VLM_MODEL" in text  # how to load one
     assert "talk.mp4 at 0:00:05.0" in text and "I sleep with a dagger" in text
     assert [s.kind for s in steps] == ["tool", "answer"] and steps[0].title.startswith("search: ")
-    d = result.to_dict()
-    assert set(d) == {"answer", "evidence", "mode"}
-    for e in d["evidence"]:
-        assert_moment(e, evidence=True)
+    evidence = assert_answer(result.to_dict(), mode="evidence-only")
+    assert [e["moment_id"] for e in evidence] == [e.moment_id for e in result.evidence]  # the same items, in order
 
 
 def test_evidence_only_says_how_to_load_a_model_once():
@@ -147,10 +145,10 @@ def test_cli_ask_json_evidence_only_finds_the_spoken_phrase_within_a_second(spee
     result = _ask(library, question, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
-    assert set(out) == {"answer", "evidence", "mode"} and out["mode"] == "evidence-only", out
+    evidence = assert_answer(out, mode="evidence-only", duration=10.0)
     assert "no answering model is loaded" in out["answer"] and "SIGHTLINE_VLM_MODEL" in out["answer"]
-    for e in out["evidence"]:
-        assert_moment(e, duration=10.0, evidence=True)
+    assert evidence, out
+    for e in evidence:
         assert e["verified"] is False and e["video"] == str(clip.resolve())
     top = out["evidence"][0]
     assert top["modality"] == "speech" and abs(top["start"] - true_start) <= 1.0, out["evidence"]
@@ -182,9 +180,9 @@ def test_cli_ask_json_in_agent_mode_cites_verified_real_windows(speech_library, 
     result = _ask(library, "when does she say she sleeps with a dagger", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
-    assert set(out) == {"answer", "evidence", "mode"} and out["mode"] == "agent", out
-    for e in out["evidence"]:
-        assert_moment(e, duration=10.0, evidence=True)
+    evidence = assert_answer(out, mode="agent", duration=10.0)
+    assert evidence, out
+    for e in evidence:
         assert e["moment_id"] is not None or e["verified"] is True
     top = out["evidence"][0]
     assert top["verified"] is True and top["modality"] == "speech" and abs(top["start"] - DAGGER) <= 1.0, out

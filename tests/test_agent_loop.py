@@ -9,6 +9,7 @@ import pytest
 from engine.agent import Budget, answer
 from storage.errors import SightlineError
 from tests.agent_doubles import ScriptedChat, call, two_video_backend
+from tests.contracts import assert_answer
 
 
 def _run(turns, verdicts=(), video_id=None, **kw):
@@ -27,11 +28,11 @@ def test_a_timestamp_no_tool_returned_is_dropped_when_verify_says_no():
     # the invented window was re-watched (verify ran on exactly that window) and then dropped
     check = model.verify_calls()[0]
     assert check["clips"][0].timestamps[0] == pytest.approx(15.0)
-    assert all(not (e.video_id == 2 and e.start == 15.0) for e in result.evidence), result.evidence
     assert any(s.title == "evidence dropped" and "15.0-18.0" in s.observation for s in steps)
-    # nothing unverified that no tool returned is shown
-    for e in result.evidence:
-        assert e.moment_id is not None or e.verified
+    # it was the only item cited, and nothing unverified that no tool returned is shown: no evidence is left,
+    # and the time the answer states went with it
+    assert result.evidence == [], result.evidence
+    assert result.answer == "They say it at [unverified time removed]."
 
 
 def test_a_timestamp_no_tool_returned_is_kept_only_as_verified_window():
@@ -47,10 +48,10 @@ def test_a_timestamp_outside_the_video_is_snapped_into_its_duration():
     result, _, backend, _ = _run(
         [call("finish", answer="Near the end.", evidence=[{"video": 2, "start": 28, "end": 95}])],
         verdicts=["YES"])
-    for e in result.evidence:
-        assert 0 <= e.start <= e.end <= 30.0
-    # the clip that was verified was also inside the video
-    assert all(0 <= s <= e <= 30.0 for _vid, s, e, _fps in backend.clips)
+    [ev] = result.evidence
+    assert (ev.video_id, ev.start, ev.end, ev.verified, ev.moment_id) == (2, 28.0, 30.0, True, None)
+    # the clip that was verified was also inside the video (30 s long): the snapped window, once
+    assert [(vid, s, e) for vid, s, e, _fps in backend.clips] == [(2, 28.0, 30.0)]
 
 
 def test_verify_runs_before_an_item_is_marked_verified():
@@ -75,8 +76,7 @@ def test_a_cited_moment_is_not_verified_when_verify_says_no_and_is_dropped():
         [call("finish", answer="At 5 s.", evidence=[{"moment": 3}])], verdicts=["NO", "NO"])
     first = model.verify_calls()[0]["clips"][0]
     assert (first.video_id, first.timestamps[0]) == (2, 5.0)
-    assert not any(e.moment_id == 3 for e in result.evidence)
-    assert all(not e.verified for e in result.evidence)
+    assert result.evidence == [], result.evidence  # m3 was all it cited: nothing is left, verified or not
     # and the time the answer states is no longer backed by anything: it was checked again, then removed
     assert result.answer == "At [unverified time removed]."
 
@@ -164,7 +164,7 @@ def test_scoped_question_searches_and_cites_only_that_video():
              call("inspect", video=1, start=10, end=14),
              call("finish", answer="x", evidence=[{"moment": 1}, {"moment": 4}])]
     result, _, backend, steps = _run(turns, verdicts=["YES", "YES"], video_id=2)
-    assert all(scope == [2] for _q, scope in backend.searches)
+    assert backend.searches == [("when do they say dagger", [2]), ("red van", [2])]  # the loop's own, then the model's
     assert any(s.kind == "error" and "video 2 only" in s.observation for s in steps)
     assert [e.video_id for e in result.evidence] == [2]
 
@@ -274,10 +274,9 @@ def test_empty_long_and_unknown_scope_questions_are_clear_errors():
 
 def test_to_dict_is_the_design_ask_shape():
     result, _, _, _ = _run([call("finish", answer="At 5 s.", evidence=[{"moment": 3}])], verdicts=["YES"])
-    d = result.to_dict()
-    assert set(d) == {"answer", "evidence", "mode"} and d["mode"] == "agent"
-    for e in d["evidence"]:
-        assert {"video_id", "video", "start", "end", "modality", "text", "score", "verified"} <= set(e)
+    [e] = assert_answer(result.to_dict(), mode="agent", duration=30.0)
+    assert (e["video_id"], e["video"], e["start"], e["end"], e["modality"], e["verified"]) == \
+        (2, "/media/talk.mp4", 5.0, 8.0, "speech", True)
 
 
 def test_inspect_then_verify_of_a_window_share_the_cacheable_prefix():

@@ -6,13 +6,15 @@ budget on error observations, force an answer, verify what it cites on real fram
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine.agent import Budget, answer
 from engine.agent.library_tools import LibraryTools
 from engine.agent.prompts import VERIFY_TASK, WATCH_SYSTEM
-from storage.models import INDEXED, Moment, Video
-from tests.contracts import assert_moment
+from tests.contracts import assert_answer, assert_moment
+from tests.library_builder import add_video
 
 pytestmark = pytest.mark.slow
 
@@ -38,19 +40,12 @@ def tiny_chat(tmp_path_factory):
 
 @pytest.fixture
 def bikes_library(library, bikes_mp4):
-    """bikes.mp4 (10 s, a TAXI sign) with a few moments written through storage."""
-    def write(s):
-        v = Video(path=str(bikes_mp4), duration=10.0, status=INDEXED)
-        s.add(v)
-        s.flush()
-        s.add_all([Moment(video_id=v.id, start=1.2, end=3.0, modality="visual", text="a taxi sign on a street",
-                          stage="test"),
-                   Moment(video_id=v.id, start=5.5, end=7.5, modality="text", text="TAXI", stage="test"),
-                   Moment(video_id=v.id, start=9.0, end=10.0, modality="caption", text="cyclists pass a taxi",
-                          stage="test")])
-        return v.id
-
-    return library, library.write(write)
+    """bikes.mp4 (10 s, a TAXI sign) with a few moments written through storage (keyword search only)."""
+    video_id, _ = add_video(library, str(bikes_mp4), 10.0, [(1.2, 3.0, "visual", "a taxi sign on a street"),
+                                                             (5.5, 7.5, "text", "TAXI"),
+                                                             (9.0, 10.0, "caption", "cyclists pass a taxi")],
+                            embed=None)
+    return library, video_id
 
 
 def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_chat, bikes_library):
@@ -83,15 +78,22 @@ def test_tiny_model_loop_calls_tools_respects_budget_and_forces_an_answer(tiny_c
         assert clip.frames.ndim == 4 and clip.frames.shape[-1] == 3
         gaps = [b - a for a, b in zip(clip.timestamps, clip.timestamps[1:])]
         assert all(g <= 0.5 + 0.05 for g in gaps), gaps
-    # every evidence item is a valid moment of that video, and verified only where verify said YES
+    # what each verify step said about its window: SUPPORTED, NOT SUPPORTED or UNCLEAR
+    said = {}
+    for s in steps:
+        if s.tool == "verify":
+            m = re.match(r"Verify video (\d+) ([\d.]+)-([\d.]+) s: (SUPPORTED|NOT SUPPORTED|UNCLEAR)\b", s.observation)
+            assert m, s.observation
+            said[(int(m[1]), float(m[2]), float(m[3]))] = m[4]
+    assert len(said) == len(checks), said  # one verify step per check, each on its own window
+    # every evidence item is a valid moment of that video, verified exactly where verify said SUPPORTED
     assert result.evidence, [s.to_dict() for s in steps]
+    assert any((e.video_id, e.start, e.end) in said for e in result.evidence), (result.evidence, said)
     for e in result.evidence:
         assert_moment(e.to_dict(), duration=10.0, evidence=True)
         assert e.video_id == video_id
-        if e.verified:
-            assert any(s.tool == "verify" and "SUPPORTED." in s.observation and "NOT" not in s.observation
-                       for s in steps)
-    assert result.to_dict()["mode"] == "agent"
+        assert e.verified == (said.get((e.video_id, e.start, e.end)) == "SUPPORTED"), (e, said)
+    assert_answer(result.to_dict(), mode="agent", duration=10.0)
 
 
 def test_tiny_model_inspect_and_verify_watch_real_frames_of_the_window(tiny_chat, bikes_library):

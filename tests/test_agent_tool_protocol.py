@@ -6,7 +6,6 @@ pre-fills <think>. The prompts are rendered with the tiny model's real processor
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +14,7 @@ from engine.agent.parsing import parse_turn, strip_thinking
 from engine.agent.tools import DEFAULT_TOOLS, tool_schemas
 from engine.chat import VideoChat, strip_reasoning
 from tests.agent_doubles import ScriptedChat, call, two_video_backend
+from tests.chat_builders import bare_chat, cpu_plan
 
 # The old tiny template: ChatML without any tool support (what a remote template without tools looks like).
 PLAIN_CHATML = (
@@ -44,9 +44,7 @@ def _chat(tokenizer, template: str) -> VideoChat:
 
     processor = build_processor(tokenizer)
     processor.chat_template = template
-    plan = SimpleNamespace(spec=SimpleNamespace(name="render-only", family="qwen3_vl"), quantization="bf16",
-                           device="cpu")
-    return VideoChat(None, processor, plan, use_latent_cache=False)
+    return bare_chat(None, processor, cpu_plan("render-only", "qwen3_vl"))
 
 
 class Rendering(ScriptedChat):

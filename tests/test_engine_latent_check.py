@@ -4,8 +4,6 @@ the model's own cache and say why in describe() (the Settings view)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -28,8 +26,9 @@ def model():
 
 
 def _plan():
-    spec = SimpleNamespace(name="tiny-iv3", family="internvideo3", revision="files:test")
-    return SimpleNamespace(spec=spec, quantization="bf16", device="cpu", params=0, need_bytes=0)
+    from tests.chat_builders import cpu_plan
+
+    return cpu_plan("tiny-iv3", "internvideo3", revision="files:test")
 
 
 def _ignore_cache_keyword(monkeypatch, model):

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from engine import loading
 from engine.loading import (
     GIB,
     bytes_needed,
@@ -23,19 +22,7 @@ from engine.loading import (
 from engine.registry import DEFAULT_GPU_MODEL, REGISTRY, resolve
 from storage.errors import SightlineError
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from engine.tiny import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_loads():
-    loading.forget_loaded()
-    yield
-    loading.forget_loaded()
+pytestmark = pytest.mark.usefixtures("fresh_loads")  # conftest: no model loaded by another test is reused
 
 
 @pytest.fixture
@@ -112,12 +99,19 @@ def test_no_gpu_refuses_big_models_and_says_what_to_do(no_gpu, name):
     assert "GiB of GPU memory with SIGHTLINE_QUANTIZATION=nf4" in text  # the plan's own figure, not "8 GiB"
 
 
-def test_auto_and_none_fall_back_to_evidence_only(no_gpu):
-    settings = dict(quantization="auto", cache_bytes=GIB, cache_disk_bytes=0, library=None, revision="")
-    chat, reason = load_vlm_or_reason(model="auto", **settings)
+def test_auto_and_none_fall_back_to_evidence_only(no_gpu, tmp_path):
+    from dataclasses import replace
+
+    from app.services import vlm_options
+    from app.settings import load_settings
+
+    settings = load_settings({}, vlm_model="auto", quantization="auto", cache_bytes=GIB, library=str(tmp_path / "lib"))
+    chat, reason = load_vlm_or_reason(**vlm_options(settings))
     assert chat is None and "no CUDA GPU" in reason and "evidence" in reason
-    chat, reason = load_vlm_or_reason(model="none", **settings)
+    assert reason.startswith("No answering model") and "SIGHTLINE_VLM_MODEL=qwen3-vl-2b" in reason, reason
+    chat, reason = load_vlm_or_reason(**vlm_options(replace(settings, vlm_model="none")))
     assert chat is None and "'none'" in reason
+    assert reason.startswith("No answering model") and "SIGHTLINE_VLM_MODEL=qwen3-vl-2b" in reason, reason
 
 
 def test_offline_weights_name_the_model_and_how_to_get_them(no_gpu, monkeypatch, tmp_path):
@@ -323,9 +317,9 @@ def test_memory_estimate_counts_the_real_8b_shape():
 
 def test_vlm_model_none_imports_nothing_heavy():
     code = (
-        "import sys; from engine.loading import load_vlm_or_reason\n"
-        "chat, reason = load_vlm_or_reason(model='none', quantization='auto', cache_bytes=2**30, cache_disk_bytes=0,"
-        " library=None, revision='')\n"
+        "import sys; from engine.loading import load_vlm_or_reason; from app.settings import load_settings\n"
+        "from app.services import vlm_options\n"
+        "chat, reason = load_vlm_or_reason(**vlm_options(load_settings({}, vlm_model='none')))\n"
         "print(chat is None, 'torch' in sys.modules, reason.startswith('No answering model'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -9,26 +9,14 @@ import re
 
 import pytest
 
+from app.services import vlm_options
 from app.settings import load_settings
 from engine import loading
 from engine.registry import DEFAULT_GPU_MODEL, REGISTRY, local_revision, resolve
 from storage.errors import SightlineError
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from engine.tiny import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-rev"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_loads():
-    loading.forget_loaded()
-    yield
-    loading.forget_loaded()
+pytestmark = pytest.mark.usefixtures("fresh_loads")  # conftest: no model loaded by another test is reused
 
 
 def test_registry_pins_every_model_it_can_and_remote_code_is_never_loaded_unpinned():
@@ -57,7 +45,7 @@ def test_setting_is_read_from_the_environment():
 
 
 @pytest.mark.slow
-def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch):
+def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch, tmp_path):
     """A hub id loads through the real loader; the hub calls are redirected to the tiny folder and record kwargs."""
     import huggingface_hub
     import torch
@@ -90,27 +78,27 @@ def test_every_hub_call_passes_the_pinned_revision(tiny_dir, monkeypatch):
 
     calls.clear()
     override = "f" * 40
-    chat = loading.load_vlm_or_reason(model="qwen3-vl-2b", quantization="bf16", cache_bytes=2**20,
-                                      cache_disk_bytes=0, library=None, revision=override)[0]
+    settings = load_settings({}, vlm_model="qwen3-vl-2b", quantization="bf16", cache_bytes=2**20,
+                             library=str(tmp_path / "lib"), vlm_revision=override)
+    chat, reason = loading.load_vlm_or_reason(**vlm_options(settings))
+    assert chat is not None, reason
     assert calls and all(kw.get("revision") == override for _, kw in calls), calls
     assert chat.describe()["revision"] == override
 
 
 def test_prefix_cache_key_uses_the_resolved_commit(tmp_path):
-    from types import SimpleNamespace
-
     torch = pytest.importorskip("torch")
     from engine.generate import make_generator
     from engine.models.internvideo3 import InternVideo3ForConditionalGeneration
     from engine.tiny import tiny_internvideo3_config
+    from tests.chat_builders import bare_chat, cpu_plan
 
     torch.manual_seed(0)
     model = InternVideo3ForConditionalGeneration(tiny_internvideo3_config(), latent=True).eval()
     keys = []
     for commit in ("1" * 40, "2" * 40):
-        plan = SimpleNamespace(quantization="bf16", spec=SimpleNamespace(revision=commit))
-        gen = make_generator(SimpleNamespace(model=model, library=tmp_path, cache_bytes=2**20, cache_disk_bytes=0,
-                                             name="m", plan=plan))
+        chat = bare_chat(model, plan=cpu_plan("m", "internvideo3", revision=commit), cache_bytes=2**20, library=tmp_path)
+        gen = make_generator(chat)
         assert commit in gen.revision
         keys.append(gen.revision)
     assert keys[0] != keys[1]  # another commit: another prefix-cache key, so no stale cache is reused
@@ -135,17 +123,19 @@ def test_a_local_folder_reports_the_commit_it_recorded(tmp_path):
 
 @pytest.mark.slow
 def test_settings_view_shows_revision_generation_and_disk_cache(tmp_path, monkeypatch):
-    from types import SimpleNamespace
+    from unittest.mock import create_autospec
 
-    from app.services import Services
     from app.render import status_markdown
+    from app.services import Services
+    from engine.chat import VideoChat
 
     services = Services(load_settings({}, library=str(tmp_path / "lib")))
-    chat = SimpleNamespace(describe=lambda: {
+    chat = create_autospec(VideoChat, instance=True)  # only VideoChat's own methods: a rename fails here
+    chat.describe.return_value = {
         "model": "Qwen/Qwen3-VL-2B-Instruct", "revision": "0" * 40, "generation": "plain",
         "latent_cache_unavailable": "the end-to-end check failed: decode step 2 | x",
         "cache": {"bytes": 0, "entries": 0, "disk_bytes": 3 * 2**20, "disk_cap": 2**30, "disk_entries": 2},
-    })
+    }
     monkeypatch.setattr(loading, "load_vlm_or_reason", lambda *args, **kwargs: (chat, ""))
     assert services.loaded_vlm() is None and services.vlm() == (chat, "")  # what services loaded is what it shows
     text = status_markdown(services)

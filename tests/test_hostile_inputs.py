@@ -48,13 +48,6 @@ def assert_clear(text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    from indexer.models.embedders import load_text_embedder
-
-    return load_text_embedder("all-MiniLM-L6-v2")
-
-
-@pytest.fixture(scope="module")
 def library_dir(tmp_path_factory, embedder):
     from storage import Library
 

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import gradio_media
+from tests.contracts import assert_search_output
 from tests.test_indexer_media import SPEECH_OFFSET, build_media
 
 pytestmark = pytest.mark.slow
@@ -43,8 +44,7 @@ def _cli(*args: str, ok: bool = True):
 
 
 def _search(library: Path, query: str, *extra: str) -> list[dict]:
-    out = _cli("--library", str(library), "search", query, "--json", *extra).output
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return assert_search_output(_cli("--library", str(library), "search", query, "--json", *extra).output)
 
 
 def _status(library: Path) -> dict:
@@ -226,7 +226,14 @@ def test_incremental_skips_unchanged_reindexes_changed_and_marks_missing(corrupt
     changed = _cli("--library", str(lib), "index", str(folder)).output
     assert "Indexed 1 file(s)" in changed, changed
     after = _video(_status(lib), "clip.mp4")
-    assert after["duration"] != before["duration"] and "stages" in after
+    assert after["status"] == "indexed" and after["duration"] != before["duration"], after
+    # every stage ran again on the new content: each stage row is there, finished, with the new file's length
+    stages = after["stages"]
+    assert set(stages) == {"probe", "shots", "visual", "screen_text", "speech", "proxy", "captions"}, stages
+    for name, stage in stages.items():
+        assert stage["status"] in ("done", "skipped") and stage["media_s"] == after["duration"], (name, stage)
+    # the old file had no audio track, the new one speaks: speech is done now, where it was skipped before
+    assert (before["stages"]["speech"]["status"], stages["speech"]["status"]) == ("skipped", "done"), after
     assert any(h["video"].endswith("clip.mp4") for h in _search(lib, "dagger"))
     _assert_consistent(lib)
     (folder / "clip.mp4").unlink()

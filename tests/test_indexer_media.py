@@ -191,19 +191,17 @@ def test_a_feed_hands_samples_to_a_reader_while_the_pass_runs(bikes_mp4, tmp_pat
     assert seen == index.samples and first_seen_while_running.is_set()
 
 
-def _frames_ctx(tmp_path):
-    from types import SimpleNamespace
+def _frames_ctx(library):
+    from indexer.context import IndexContext, IndexOptions
 
-    from indexer.context import IndexOptions
-
-    return SimpleNamespace(cache_dir=tmp_path, options=IndexOptions(sample_side=320))
+    return IndexContext(library, IndexOptions(sample_side=320))
 
 
-def test_a_failed_pass_ends_its_feed_with_an_upstream_error(media, tmp_path):
+def test_a_failed_pass_ends_its_feed_with_an_upstream_error(media, library):
     from indexer.context import UpstreamFailed, VideoJob
     from indexer.frames import ensure_frames, follow, start_feed
 
-    ctx = _frames_ctx(tmp_path)
+    ctx = _frames_ctx(library)
     video = VideoJob(1, str(media["truncated_data"]), "sha256:abc")
     start_feed(video, ctx)
     with pytest.raises(SightlineError, match="truncated or damaged"):
@@ -212,12 +210,12 @@ def test_a_failed_pass_ends_its_feed_with_an_upstream_error(media, tmp_path):
         list(follow(video, ctx))
 
 
-def test_without_a_running_pass_follow_reads_the_finished_index(bikes_mp4, tmp_path):
+def test_without_a_running_pass_follow_reads_the_finished_index(bikes_mp4, library):
     from indexer.context import VideoJob
     from indexer.frames import follow
 
     video = VideoJob(1, str(bikes_mp4), "sha256:abc")  # no feed: nothing scans beside the reader
-    samples = list(follow(video, _frames_ctx(tmp_path)))
+    samples = list(follow(video, _frames_ctx(library)))
     assert samples == video.frame_index.samples and len(samples) >= 10
 
 

@@ -10,7 +10,6 @@ garbage over a page that SQLite's dbstat names.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from storage.errors import SightlineError
+from tests.contracts import assert_search_output
+from tests.library_builder import add_video, copy_library
 
 PAGE = 4096
 FAKE_VIDEOS, FAKE_MOMENTS = 12, 250
 
 def _add_cameras(lib, count: int = FAKE_VIDEOS, moments: int = FAKE_MOMENTS) -> None:
-    from tests.library_builder import add_video
-
     for v in range(count):
         add_video(lib, f"/footage/cam{v:02d}.mp4", 600,
                   [(i, i + 1, "speech", f"camera {v} segment {i} the harbour crane lifts container {i}")
@@ -44,9 +43,7 @@ def built(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def built_copy(built, tmp_path) -> Path:
-    folder = tmp_path / "lib"
-    shutil.copytree(built, folder)
-    return folder
+    return copy_library(built, tmp_path / "lib")
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +64,7 @@ def pristine(tmp_path_factory, card_mp4) -> Path:
 
 @pytest.fixture
 def lib_copy(pristine, tmp_path) -> Path:
-    folder = tmp_path / "lib"
-    shutil.copytree(pristine, folder)
-    return folder
+    return copy_library(pristine, tmp_path / "lib")
 
 
 def _cli(folder: Path, *args: str):
@@ -103,11 +98,9 @@ def _assert_damaged_message(result) -> None:
 
 
 def _card_hits(folder: Path) -> list[dict]:
-    import json
-
     result = _cli(folder, "search", "thanks for watching", "--json", "--k", "3")
     assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    return assert_search_output(result.output)
 
 
 @pytest.mark.slow

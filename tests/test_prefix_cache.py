@@ -3,8 +3,6 @@ positions and rope_deltas restored), disk round trip, refusals, the LRU byte bud
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -164,13 +162,11 @@ def test_lru_byte_budget_spills_to_disk_and_loads_back(tmp_path):
 
 def test_make_generator_serves_videochat_and_reports_stats(model, tmp_path):
     cfg = model.config
-    chat = SimpleNamespace(
-        model=model, library=tmp_path, cache_bytes=2**22, cache_disk_bytes=0, name="tiny-iv3",
-        plan=SimpleNamespace(quantization="bf16"),
-    )
-    gen = make_generator(chat)
-    clip = SimpleNamespace(path="/videos/a.mp4", timestamps=[0.0, 0.5, 1.0, 1.5],
-                           frames=torch.zeros(4, 8, 8, 3, dtype=torch.uint8).numpy())
+    from engine.video_inputs import Clip
+    from tests.chat_builders import bare_chat, cpu_plan
+
+    gen = make_generator(bare_chat(model, plan=cpu_plan("tiny-iv3", "internvideo3"), cache_bytes=2**22, library=tmp_path))
+    clip = Clip(None, "/videos/a.mp4", torch.zeros(4, 8, 8, 3, dtype=torch.uint8).numpy(), [0.0, 0.5, 1.0, 1.5])
     batch = synthetic_video_inputs(cfg, frames=2, height=4, width=8, seed=5)
     first = gen(batch, [clip], max_new_tokens=5, eos_token_id=None)
     assert not gen.last.prefix_hit
@@ -181,7 +177,7 @@ def test_make_generator_serves_videochat_and_reports_stats(model, tmp_path):
     stats = gen.stats()
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["cache_kind"] == "latent"
     assert stats["bytes_per_token"] == latent_bytes_per_token(cfg.text_config, torch.float32)
-    other_clip = SimpleNamespace(path="/videos/a.mp4", timestamps=[0.0, 0.5, 1.0, 2.0], frames=clip.frames)
+    other_clip = Clip(None, "/videos/a.mp4", clip.frames, [0.0, 0.5, 1.0, 2.0])
     gen(batch, [other_clip], max_new_tokens=2)  # other frame times: another video fingerprint, a miss
     assert gen.stats()["misses"] == 2
     assert (tmp_path / "cache" / "prefix-kv").is_dir()

@@ -10,13 +10,12 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import av
 import numpy as np
 import pytest
 
-from indexer.context import VideoJob
+from indexer.context import IndexContext, VideoJob
 from indexer.media import fingerprint, probe
 from indexer.stages import DEFAULT_STAGES, proxy
 from indexer.stages.proxy import Plan, make_proxy, plan, plan_for
@@ -214,27 +213,28 @@ def _job(path: Path, video_id: int = 7) -> VideoJob:
 
 
 @pytest.mark.slow
-def test_stage_makes_the_proxy_once_and_cleans_old_ones(variants, tmp_path):
-    ctx = SimpleNamespace(library=SimpleNamespace(folder=tmp_path))
-    stale = tmp_path / "cache" / "proxies" / "000007-0000000000.mp4"  # an earlier version of the file's proxy
-    half = tmp_path / "cache" / "proxies" / ".000007-1111111111.part.mp4"  # a killed run's
-    other = tmp_path / "cache" / "proxies" / "000008-0000000000.mp4"  # another video's
+def test_stage_makes_the_proxy_once_and_cleans_old_ones(variants, library):
+    ctx = IndexContext(library)  # the real context: the stage writes under its library's folder
+    folder = library.folder
+    stale = folder / "cache" / "proxies" / "000007-0000000000.mp4"  # an earlier version of the file's proxy
+    half = folder / "cache" / "proxies" / ".000007-1111111111.part.mp4"  # a killed run's
+    other = folder / "cache" / "proxies" / "000008-0000000000.mp4"  # another video's
     for f in (stale, half, other):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"x")
     video = _job(variants["mpegts"])
     out = proxy.run(video, ctx)
     rel = out.video["proxy"]
-    assert rel.startswith("cache/proxies/000007-") and (tmp_path / rel).is_file()
+    assert rel.startswith("cache/proxies/000007-") and (folder / rel).is_file()
     assert out.status == "done" and out.message == "browser proxy: remux" and out.detail["proxy"] == "remux"
     assert not stale.exists() and not half.exists() and other.exists()
-    made = (tmp_path / rel).stat().st_mtime_ns
+    made = (folder / rel).stat().st_mtime_ns
     assert proxy.run(_job(variants["mpegts"]), ctx).video["proxy"] == rel  # resumed: made once
-    assert (tmp_path / rel).stat().st_mtime_ns == made
+    assert (folder / rel).stat().st_mtime_ns == made
     # the same video id, now a file the browser plays as is: no proxy, and the old one goes
     plain = proxy.run(_job(variants["source"]), ctx)
     assert plain.status == "skipped" and plain.video == {"proxy": None}
-    assert not (tmp_path / rel).exists() and other.exists()
+    assert not (folder / rel).exists() and other.exists()
 
 
 # --- a real indexing ----------------------------------------------------------------------------------------------

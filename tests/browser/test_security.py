@@ -85,7 +85,15 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     assert kind == "error" and "not an absolute path" in payload, payload
     kind, payload = call(url, "add_path", "/etc/passwd")
     assert kind == "error" and "not a supported video file" in payload, payload
-    for api_name, data in {"search": ("thanks", [], "/etc/passwd", None), "ask": ("what?", "../../etc/passwd", []),
-                           "reindex": ("/etc/passwd",), "remove": ("../../etc/passwd",)}.items():
+    # each names the value it refused, says why, and what to do instead
+    refusals = {
+        "search": (("thanks", [], "/etc/passwd", None), "No video '/etc/passwd' in this library.", "Known videos: "),
+        "ask": (("what?", "../../etc/passwd", []), "'../../etc/passwd' is not a video id.",
+                "Pick a video of the library, or the whole library."),
+        "reindex": (("/etc/passwd",), "'/etc/passwd' is not a video id.", "Pick a video of the library to re-index."),
+        "remove": (("../../etc/passwd",), "'../../etc/passwd' is not a video id.",
+                   "Pick a video of the library to remove."),
+    }
+    for api_name, (data, message, hint) in refusals.items():
         kind, payload = call(url, api_name, *data)
-        assert kind == "error" and ("video" in payload.lower()), f"{api_name}: {payload}"
+        assert kind == "error" and message in payload and hint in payload, f"{api_name}: {payload}"
