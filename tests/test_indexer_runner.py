@@ -46,7 +46,7 @@ class FakeCaptioner:
 
 
 def test_visual_embeddings_captions_and_progress(library, bikes_mp4, tmp_path):
-    from indexer.models.embedders import build_tiny_siglip
+    from tests.tiny_siglip import build_tiny_siglip
     from indexer.runner import index_paths
     from storage.models import Embedding, Moment, StageRun, Video
 

@@ -20,7 +20,8 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def tiny_siglip(tmp_path_factory):
-    from indexer.models.embedders import build_tiny_siglip, load_visual_embedder
+    from indexer.models.embedders import load_visual_embedder
+    from tests.tiny_siglip import build_tiny_siglip
 
     path = build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
     return load_visual_embedder(path)
