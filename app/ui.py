@@ -23,11 +23,12 @@ from app.index_worker import IndexWorker
 from app.served_files import ServedFiles
 from app.space import answerer
 from indexer.media import VIDEO_EXTENSIONS
+from storage.models import MODALITIES
 
 if TYPE_CHECKING:
     from app.services import Services
 
-MODALITY_CHOICES = [("speech", "speech"), ("on-screen text", "text"), ("visual", "visual"), ("caption", "caption")]
+MODALITY_CHOICES = [("on-screen text" if m == "text" else m, m) for m in MODALITIES]  # (label, value)
 
 
 def build_ui(services: Services, served: ServedFiles | None = None, allow_server_paths: bool = True,
