@@ -1,7 +1,8 @@
 """The Sightline web UI: a player that jumps to cited moments, and the Library, Ask, Search and Settings tabs.
 
 `build_ui(services)` reads top to bottom: the components in screen order, then the wiring of their events to
-the handlers of app/handlers.py, bound here to this app's library, index worker and served files. What the
+the handlers of app/handlers.py, bound here to this app's library, index worker and served files. Those events
+are the UI's own (private: no API lists them); the endpoints scripts call are added from app/api.py. What the
 handlers show is rendered in app/render.py; indexing runs in app/index_worker.py; which files the server may
 serve is app/served_files.py; starting the server is app/server.py.
 

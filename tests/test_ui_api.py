@@ -80,6 +80,28 @@ def _assert_moments(moments: list) -> None:
         assert_moment(m, duration=DURATIONS[m["video"]])
 
 
+def test_the_readme_documents_every_scripted_endpoint(tmp_path):
+    import re
+    from pathlib import Path
+
+    from app.services import Services
+    from app.settings import load_settings
+    from app.ui import build_ui
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Scripting the web UI", 1)[1].split("\n#", 1)[0].split("**Hugging Face Space.**")[0]
+    services = Services(load_settings({}, library=str(tmp_path / "lib"), vlm_model="none"))
+    try:
+        public = {"/" + d["api_name"] for d in build_ui(services).config["dependencies"]
+                  if d["api_visibility"] == "public"}
+    finally:
+        services.library.close()
+    assert public == SCRIPTED
+    listed = {name for row in re.findall(r"^\| `(/\w+)`(?:, `(/\w+)`)?", section, re.M) for name in row if name}
+    assert listed == SCRIPTED, listed
+    assert set(re.findall(r'api_name="(/\w+)"', section)) <= SCRIPTED
+
+
 def test_the_api_lists_the_scripted_endpoints_and_nothing_else(server):
     _url, _services, client, _ = server
     api = client.view_api(return_format="dict", print_info=False)
