@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from app.cli import cli
 from tests.contracts import assert_moment
-from tests.library_builder import add_video
+from tests.library_builder import minilm_library
 
 pytestmark = pytest.mark.slow  # the real MiniLM loads (a few seconds), and one test starts a real process
 
@@ -33,14 +33,8 @@ HARBOUR = [
 
 @pytest.fixture(scope="module")
 def library_dir(tmp_path_factory):
-    from indexer.models.embedders import load_text_embedder
-    from storage import Library
-
-    embedder = load_text_embedder("all-MiniLM-L6-v2")
-    folder = tmp_path_factory.mktemp("library-option") / "lib"
-    with Library.open(folder) as lib:
-        add_video(lib, "/videos/harbour walk.mp4", DURATION, HARBOUR, embed=embedder, model=embedder.model_name)
-    return folder
+    return minilm_library(tmp_path_factory.mktemp("library-option") / "lib",
+                          {"/videos/harbour walk.mp4": (DURATION, HARBOUR)})
 
 
 def _run(args: list[str], env: dict | None = None):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tests.browser.conftest import running_app
 from tests.conftest import gradio_media
 from tests.contracts import assert_moment
-from tests.library_builder import add_video
+from tests.library_builder import add_video, minilm_library
 
 pytestmark = pytest.mark.slow  # the real MiniLM loads, a Gradio server starts
 
@@ -40,15 +40,8 @@ KITCHEN = [
 
 @pytest.fixture(scope="module")
 def library_dir(tmp_path_factory):
-    from indexer.models.embedders import load_text_embedder
-    from storage import Library
-
-    embedder = load_text_embedder("all-MiniLM-L6-v2")
-    folder = tmp_path_factory.mktemp("ui-api") / "lib"
-    with Library.open(folder) as lib:
-        for (path, duration), moments in zip(DURATIONS.items(), (STREET, KITCHEN)):
-            add_video(lib, path, duration, moments, embed=embedder, model=embedder.model_name)
-    return folder
+    videos = {path: (duration, moments) for (path, duration), moments in zip(DURATIONS.items(), (STREET, KITCHEN))}
+    return minilm_library(tmp_path_factory.mktemp("ui-api") / "lib", videos)
 
 
 @pytest.fixture(scope="module")
