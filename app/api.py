@@ -24,6 +24,7 @@ import gradio as gr
 from app import handlers, render
 from app.handlers import shown_in_ui
 from app.space import answerer
+from storage import validate
 
 if TYPE_CHECKING:
     from app.index_worker import IndexWorker
@@ -52,12 +53,14 @@ def add_endpoints(services: "Services", worker: "IndexWorker", served: "ServedFi
     def ask(question: str, video: str = "") -> dict:
         """An answer citing moments: {answer, evidence: [moment + verified], mode: agent | evidence-only}.
         `video`: ask about this video only (id, path or file name)."""
+        question = validate.require_searchable(validate.query_text(question, "question"), "question")  # as the CLI
         return answer(question, video or None, lambda _step: None).to_dict()
 
     @shown_in_ui
     def status() -> dict:
         """The library (every video, its state, errors and moments), as `sightline status --json` prints it but
-        with each video's file as `video`, and `indexing`: whether the web UI is indexing now, requests queued, the latest progress, the last result."""
+        with each video's file as `video`, and `indexing`: whether the web UI is indexing now, requests queued,
+        the latest progress, the last result."""
         report = services.status()
         # Each video's file is `video` here, as in a moment: gradio_client takes any dict holding a "path" string
         # for a file of the server and tries to download it (refused: only videos the UI plays are served).

@@ -375,6 +375,8 @@ def test_the_http_api_answers_with_the_message(library_dir):
              ("/search", ("harbour", ["smell"], ""), "Unknown modality 'smell'"),
              ("/search", ("harbour", [], "", 0), "k must be from 1 to"),
              ("/ask", ("harbour?", "²"), "No video '²' in this library"),
+             ("/ask", ("!!!",), "Nothing to search for"), ("/ask", (17,), "must be text, not int"),
+             ("/search", (17,), "must be text, not int"),
              ("/reindex", ("²",), "'²' is not a video id"),
              ("/add_path", ("/tmp/a\x00b",), "NUL character")]
     # the UI's own events (private: no API lists them, gradio_client refuses them) still answer any client
