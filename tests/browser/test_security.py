@@ -51,7 +51,7 @@ def test_every_handler_that_takes_a_path_refuses_outside_paths(indexed_app, path
         "reindex": (path,), "ui_reindex": (path,),
         "remove": (path,), "ui_remove": (path,),
         "add_path": (path,), "ui_add_path": (path,), "ui_add_path_submit": (path,),
-        "search": ("thanks", [], path), "ui_search": ("thanks", [], path, None),  # last: the playing video (state)
+        "search": ("thanks", [], path, 10), "ui_search": ("thanks", [], path, None),  # last: the playing video (state)
         "ui_search_submit": ("thanks", [], path, None),
         "ask": (f"what is in {path}?", path), "ui_ask": (f"what is in {path}?", path, []),
         "ui_ask_submit": (f"what is in {path}?", path, []),
@@ -71,7 +71,7 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     video = next(v for v in lv.videos(services.library) if v.name == "a.mp4")
     kind, payload = call(url, "load_moment", json.dumps({"video": video.id, "start": 2.5}))
     assert kind == "complete" and "a.mp4" in payload, payload
-    kind, payload = call(url, "search", "thanks for watching", [], str(video.id))
+    kind, payload = call(url, "search", "thanks for watching", [], str(video.id), 10)  # raw calls send every input
     assert kind == "complete" and "THANKS" in payload.upper(), payload[:300]
     kind, payload = call(url, "ui_search", "thanks for watching", [], str(video.id), None)
     assert kind == "complete" and "THANKS" in payload.upper(), payload[:300]
@@ -81,7 +81,8 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     assert kind == "error" and "not an absolute path" in payload, payload
     kind, payload = call(url, "add_path", "/etc/passwd")
     assert kind == "error" and "not a supported video file" in payload, payload
-    for api_name, data in {"search": ("thanks", [], "/etc/passwd"), "ui_search": ("thanks", [], "/etc/passwd", None),
+    for api_name, data in {"search": ("thanks", [], "/etc/passwd", 10),
+                           "ui_search": ("thanks", [], "/etc/passwd", None),
                            "ask": ("what?", "../../etc/passwd"), "ui_ask": ("what?", "../../etc/passwd", []),
                            "reindex": ("/etc/passwd",), "remove": ("../../etc/passwd",)}.items():
         kind, payload = call(url, api_name, *data)
