@@ -7,6 +7,7 @@ import logging
 import sys
 
 import click
+from click.core import ParameterSource
 
 from app.errors import shown_as, user_message
 from app.settings import help_of, load_settings
@@ -33,9 +34,51 @@ class _PathText(click.Path):
         return super().convert(value, param, ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# DESIGN: every command takes --library DIR, before or after its name. Given in both places, the two must name
+# the same folder: a script that says two different libraries is refused rather than one of them silently used.
+_LIBRARY_BOTH_PLACES = ("Also accepted after the command (sightline search QUERY --library DIR); given in both "
+                        "places, both must name the same folder.")
+
+
+def _library_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """`sightline COMMAND ... --library DIR`: the command's settings get that library, as if given before it."""
+    if value is None:
+        return
+    group = ctx.parent
+    before = group.params.get("library") if group is not None else None
+    from_line = group is not None and group.get_parameter_source("library") is ParameterSource.COMMANDLINE
+    if from_line and before is not None and _folder(before) != _folder(value):
+        # both in full (checked text, at most 4096 characters): the difference may be at the end
+        raise click.UsageError(f"--library is given twice with different folders: {before!r} before "
+                               f"`{ctx.info_name}` and {value!r} after it. Give it once.", ctx)
+    from dataclasses import replace
+
+    ctx.obj = replace(ctx.obj, library=value)  # the group's settings loaded already: SIGHTLINE_* values checked
+
+
+def _folder(path: str) -> str:
+    """A --library value as the folder it names: "lib", "./lib/" and "$PWD/lib" are the same folder."""
+    import os
+
+    return os.path.abspath(os.path.expanduser(path))
+
+
+class _Commands(click.Group):
+    """The `sightline` group: each command added also takes --library after its name (one shared option)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(click.Option(
+            ["--library"], type=_PathText(file_okay=False), default=None, expose_value=False,
+            callback=_library_after_command, metavar="DIRECTORY",
+            help="The library folder, the same as --library before the command (default: $SIGHTLINE_LIBRARY, "
+                 "else a per-user data folder); given in both places, both must name the same folder."))
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--library", type=_PathText(file_okay=False), default=None,
-              help=help_of("library", with_default=True), envvar="SIGHTLINE_LIBRARY", show_envvar=True)
+              help=f"{help_of('library', with_default=True)} {_LIBRARY_BOTH_PLACES}", envvar="SIGHTLINE_LIBRARY",
+              show_envvar=True)
 @click.pass_context
 def cli(ctx: click.Context, library: str | None) -> None:
     """Sightline: index a folder of long videos, then search and ask questions about them."""

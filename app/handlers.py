@@ -1,5 +1,5 @@
-"""The web UI's event handlers, one function per endpoint, in the order of the tabs: Library, player, Search,
-Ask, Settings.
+"""The web UI's event handlers, one function per UI event, in the order of the tabs: Library, player, Search, Ask,
+Settings. The scripted endpoints of app/api.py call some of them too.
 
 Each takes what it works on first (the library, the index worker, the served files, services), then the values
 of the Gradio components it is wired to; app/ui.py binds the first ones with functools.partial. Handlers are thin:

@@ -1,7 +1,8 @@
 """The Sightline web UI: a player that jumps to cited moments, and the Library, Ask, Search and Settings tabs.
 
 `build_ui(services)` reads top to bottom: the components in screen order, then the wiring of their events to
-the handlers of app/handlers.py, bound here to this app's library, index worker and served files. What the
+the handlers of app/handlers.py, bound here to this app's library, index worker and served files. Those events
+are the UI's own (private: no API lists them); the endpoints scripts call are added from app/api.py. What the
 handlers show is rendered in app/render.py; indexing runs in app/index_worker.py; which files the server may
 serve is app/served_files.py; starting the server is app/server.py.
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from app import handlers
+from app import api, handlers
 from app.guard import media_roots
 from app.index_worker import IndexWorker
 from app.served_files import ServedFiles
@@ -113,41 +114,47 @@ def build_ui(services: Services, served: ServedFiles | None = None, allow_server
 
         # wiring: each event -> its handler, bound to this app's objects ---------------------------------------
 
+        # Every event here is the UI's own (api_visibility="private": no API lists it); what scripts call are
+        # the endpoints of app/api.py. The private names only keep the config readable.
+        ui_only = {"api_visibility": "private"}
         refresh_library = partial(handlers.refresh_library, library, served, worker)
         library_outputs = [progress, videos_table, video_pick, ask_scope, search_scope, library_sig]
-        demo.load(refresh_library, library_sig, library_outputs, queue=False, api_name="refresh_library")
+        demo.load(refresh_library, library_sig, library_outputs, queue=False, api_name="ui_library_load", **ui_only)
         timer.tick(refresh_library, library_sig, library_outputs, queue=False, show_progress="hidden",
-                   api_name="refresh_library")  # Gradio names the second one refresh_library_1
+                   api_name="ui_library_tick", **ui_only)
 
         add_path = partial(handlers.add_path, library, worker, roots, allow_server_paths)
-        add_button.click(add_path, add_box, [library_message, add_box], api_name="add_path")
-        add_box.submit(add_path, add_box, [library_message, add_box], api_name=False)
+        add_button.click(add_path, add_box, [library_message, add_box], api_name="ui_add_path", **ui_only)
+        add_box.submit(add_path, add_box, [library_message, add_box], api_name="ui_add_path_submit", **ui_only)
         add_uploads = partial(handlers.add_uploads, services, worker)
-        uploads.upload(add_uploads, uploads, [library_message, uploads], api_name="upload")
+        uploads.upload(add_uploads, uploads, [library_message, uploads], api_name="ui_upload", **ui_only)
         reindex = partial(handlers.reindex, library, worker)
-        reindex_button.click(reindex, video_pick, library_message, api_name="reindex")
+        reindex_button.click(reindex, video_pick, library_message, api_name="ui_reindex", **ui_only)
         remove = partial(handlers.remove, library, served)
-        remove_button.click(remove, video_pick, library_message, api_name="remove")
+        remove_button.click(remove, video_pick, library_message, api_name="ui_remove", **ui_only)
 
         load_moment = partial(handlers.load_moment, library, served)
         seek_button.click(load_moment, seek_request, [player, now_playing, playing], api_name="load_moment",
-                          js="(r) => window.sightline ? window.sightline.request() : r")
+                          js="(r) => window.sightline ? window.sightline.request() : r", **ui_only)
 
         run_search = partial(handlers.run_search, services)
         search_inputs = [search_box, modalities, search_scope, playing]
         search_outputs = [filmstrip, timeline, search_summary]
-        search_button.click(run_search, search_inputs, search_outputs, api_name="search")
-        search_box.submit(run_search, search_inputs, search_outputs, api_name=False)
+        search_button.click(run_search, search_inputs, search_outputs, api_name="ui_search", **ui_only)
+        search_box.submit(run_search, search_inputs, search_outputs, api_name="ui_search_submit", **ui_only)
 
         ask = partial(handlers.ask, library, answerer(services))
-        ask_button.click(ask, [question, ask_scope, chat], [chat, question, evidence], api_name="ask")
-        question.submit(ask, [question, ask_scope, chat], [chat, question, evidence], api_name=False)
+        ask_button.click(ask, [question, ask_scope, chat], [chat, question, evidence], api_name="ui_ask", **ui_only)
+        question.submit(ask, [question, ask_scope, chat], [chat, question, evidence], api_name="ui_ask_submit",
+                        **ui_only)
 
         show_status = partial(handlers.show_status, services)
-        settings_tab.select(show_status, None, status, api_name=False)
-        refresh_status.click(show_status, None, status, api_name="status")
+        settings_tab.select(show_status, None, status, api_name="ui_status_tab", **ui_only)
+        refresh_status.click(show_status, None, status, api_name="ui_status", **ui_only)
         load_model_now = partial(handlers.load_model, services)
-        load_model.click(load_model_now, None, status, api_name="load_model")
+        load_model.click(load_model_now, None, status, api_name="ui_load_model", **ui_only)
+
+        api.add_endpoints(services, worker, served, roots, allow_server_paths, uploads, library_message)
 
     served.demo = demo
     served.sync()

@@ -117,3 +117,16 @@ def build_library_through_storage(library, clips: list[Path], embed: Callable | 
 
         add_video(library, str(clip.resolve()), duration, CLIP_FACTS[clip.name], embed=embed, model="test",
                   size=clip.stat().st_size, stages=("probe",), thumbnail=thumbnail)
+
+
+def minilm_library(folder, videos: dict[str, tuple[float, Sequence[tuple]]]):
+    """A library at `folder` holding `videos` ({path: (duration, moments)}) with the real MiniLM vectors, so search
+    and ask answer as they do after indexing (the model loads once per process). Returns the folder."""
+    from indexer.models.embedders import load_text_embedder
+    from storage import Library
+
+    embedder = load_text_embedder("all-MiniLM-L6-v2")
+    with Library.open(folder) as lib:
+        for path, (duration, moments) in videos.items():
+            add_video(lib, path, duration, moments, embed=embedder, model=embedder.model_name)
+    return folder

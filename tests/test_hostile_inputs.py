@@ -9,6 +9,7 @@ behaves as it does after indexing.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -358,14 +359,22 @@ def test_the_http_api_answers_with_the_message(library_dir):
     """Through Gradio's real API (gradio_client over HTTP): the caller gets the message itself."""
     from gradio_client import Client
 
-    from tests.browser.conftest import running_app
+    from tests.browser.conftest import call_event, running_app
+    from tests.contracts import assert_moment
 
     calls = [("/search", ("!!!", [], ""), "Nothing to search for"),
              ("/search", ("harbour", [], "²"), "No video '²' in this library"),
              ("/search", ("harbour", [], "a" * 60_000), "no id, path or file name is longer than 4096"),
+             ("/search", ("harbour", ["smell"], ""), "Unknown modality 'smell'"),
+             ("/search", ("harbour", [], "", 0), "k must be from 1 to"),
+             ("/ask", ("harbour?", "²"), "No video '²' in this library"),
+             ("/ask", ("!!!",), "Nothing to search for"), ("/ask", (17,), "must be text, not int"),
+             ("/search", (17,), "must be text, not int"),
              ("/reindex", ("²",), "'²' is not a video id"),
-             ("/add_path", ("/tmp/a\x00b",), "NUL character"),
-             ("/load_moment", ('{"video": "²", "start": 1}',), "'²' is not a video id")]
+             ("/add_path", ("/tmp/a\x00b",), "NUL character")]
+    # the UI's own events (private: no API lists them, gradio_client refuses them) still answer any client
+    events = [("load_moment", ('{"video": "²", "start": 1}',), "'²' is not a video id"),
+              ("ui_search", ("!!!", [], "", None), "Nothing to search for")]
     with running_app(library_dir) as (url, _services, _demo):
         client = Client(url, verbose=False)
         for api_name, args, words in calls:
@@ -373,5 +382,16 @@ def test_the_http_api_answers_with_the_message(library_dir):
                 client.predict(*args, api_name=api_name)
             assert words in str(err.value), (api_name, str(err.value)[:300])
             assert_clear(str(err.value))
-        film, _timeline, summary = client.predict("storm", [], "street walk.mp4", api_name="/search")
-        assert "fishermen" in film and "moment(s)" in summary
+        for api_name, args, words in events:
+            kind, payload = call_event(url, api_name, *args)
+            assert kind == "error", (api_name, payload[:300])
+            message = json.loads(payload)["error"]
+            assert words in message, (api_name, message)
+            assert_clear(message)
+        moments = client.predict("storm", [], "street walk.mp4", api_name="/search")
+        assert moments and "fishermen" in moments[0]["text"], moments
+        for m in moments:
+            assert_moment(m, duration=20.0)
+            assert m["video"] == "/videos/street walk.mp4", m
+        kind, payload = call_event(url, "ui_search", "storm", [], "street walk.mp4", None)
+        assert kind == "complete" and "fishermen" in payload and "moment(s)" in payload, payload[:300]

@@ -243,7 +243,8 @@ def _ui(library_dir, monkeypatch, **overrides) -> _Ui:
 
 
 def test_the_endpoints_and_the_seek_hooks_keep_their_names(tmp_path):
-    """API callers and seek.js depend on these names; build_ui must keep them."""
+    """API callers and seek.js depend on these names; build_ui must keep them. The UI's own events are private
+    (no API lists them); the scripted endpoints of app/api.py are the public ones (tests/test_ui_api.py)."""
     from app.index_worker import IndexWorker
     from app.services import Services
     from app.settings import load_settings
@@ -252,9 +253,12 @@ def test_the_endpoints_and_the_seek_hooks_keep_their_names(tmp_path):
     services = Services(load_settings({}, library=str(tmp_path / "lib"), vlm_model="none"))
     try:
         demo = build_ui(services)
-        names = [d["api_name"] for d in demo.config["dependencies"]]
-        assert names == ["refresh_library", "refresh_library_1", "add_path", False, "upload", "reindex", "remove",
-                         "load_moment", "search", False, "ask", False, False, "status", "load_model"], names
+        events = [(d["api_name"], d["api_visibility"]) for d in demo.config["dependencies"]]
+        ui = ["ui_library_load", "ui_library_tick", "ui_add_path", "ui_add_path_submit", "ui_upload", "ui_reindex",
+              "ui_remove", "load_moment", "ui_search", "ui_search_submit", "ui_ask", "ui_ask_submit",
+              "ui_status_tab", "ui_status", "ui_load_model"]
+        scripted = ["search", "ask", "status", "add_path", "upload", "reindex", "remove", "load_model"]
+        assert events == [(n, "private") for n in ui] + [(n, "public") for n in scripted], events
         config = json.dumps(demo.config, default=str)
         for elem_id in ("search-box", "search-button", "player", "seek-request", "seek-button"):
             assert f'"elem_id": "{elem_id}"' in config, elem_id

@@ -58,6 +58,20 @@ def running_app(library_dir: Path, **overrides):
         services.library.close()
 
 
+def call_event(url: str, api_name: str, *data) -> tuple[str, str]:
+    """POST to a named event over raw HTTP (as any client can, the UI's private events included) and read its
+    result stream: ('complete' | 'error', payload text)."""
+    import httpx
+
+    r = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": list(data)}, timeout=30)
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    body = httpx.get(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=60).text
+    kinds = [line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("event:")]
+    payload = "\n".join(line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("data:"))
+    return kinds[-1], payload
+
+
 def wait_for_index(services, timeout: float = 120.0) -> None:
     """Wait until the UI's background index worker is idle and nothing is queued."""
     worker = services.index_worker

@@ -11,20 +11,11 @@ import httpx
 from storage import catalog as lv
 import pytest
 
+from tests.browser.conftest import call_event as call
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OUTSIDE = ["/etc/passwd", "../../etc/passwd", "../../../../../../etc/passwd", "/etc", "~/.ssh/id_rsa"]
-
-
-def call(url: str, api_name: str, *data) -> tuple[str, str]:
-    """POST to a named event and read its result stream: ('complete' | 'error', payload text)."""
-    r = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": list(data)}, timeout=30)
-    r.raise_for_status()
-    event_id = r.json()["event_id"]
-    body = httpx.get(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=60).text
-    kinds = [line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("event:")]
-    payload = "\n".join(line.split(":", 1)[1].strip() for line in body.splitlines() if line.startswith("data:"))
-    return kinds[-1], payload
 
 
 def test_file_route_serves_library_videos_and_thumbnails_only(indexed_app):
@@ -54,14 +45,17 @@ def test_file_route_serves_library_videos_and_thumbnails_only(indexed_app):
 def test_every_handler_that_takes_a_path_refuses_outside_paths(indexed_app, path):
     url, services, _demo = indexed_app
     before = [(r.id, r.status) for r in lv.videos(services.library)]
-    checks = {
+    upload = [{"path": path, "meta": {"_type": "gradio.FileData"}}]
+    checks = {  # the scripted endpoints (app/api.py) and the UI's own events, which any client can call too
         "load_moment": (json.dumps({"video": path, "start": 0}),),
-        "reindex": (path,),
-        "remove": (path,),
-        "add_path": (path,),
-        "search": ("thanks", [], path, None),  # the last input is the playing video (session state)
-        "ask": (f"what is in {path}?", path, []),
-        "upload": ([{"path": path, "meta": {"_type": "gradio.FileData"}}],),
+        "reindex": (path,), "ui_reindex": (path,),
+        "remove": (path,), "ui_remove": (path,),
+        "add_path": (path,), "ui_add_path": (path,), "ui_add_path_submit": (path,),
+        "search": ("thanks", [], path, 10), "ui_search": ("thanks", [], path, None),  # last: the playing video (state)
+        "ui_search_submit": ("thanks", [], path, None),
+        "ask": (f"what is in {path}?", path), "ui_ask": (f"what is in {path}?", path, []),
+        "ui_ask_submit": (f"what is in {path}?", path, []),
+        "upload": (upload,), "ui_upload": (upload,),
     }
     for api_name, data in checks.items():
         kind, payload = call(url, api_name, *data)
@@ -77,7 +71,9 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     video = next(v for v in lv.videos(services.library) if v.name == "a.mp4")
     kind, payload = call(url, "load_moment", json.dumps({"video": video.id, "start": 2.5}))
     assert kind == "complete" and "a.mp4" in payload, payload
-    kind, payload = call(url, "search", "thanks for watching", [], str(video.id), None)
+    kind, payload = call(url, "search", "thanks for watching", [], str(video.id), 10)  # raw calls send every input
+    assert kind == "complete" and "THANKS" in payload.upper(), payload[:300]
+    kind, payload = call(url, "ui_search", "thanks for watching", [], str(video.id), None)
     assert kind == "complete" and "THANKS" in payload.upper(), payload[:300]
     kind, payload = call(url, "load_moment", json.dumps({"video": "../../etc/passwd", "start": 0}))
     assert kind == "error" and "is not a video id" in payload, payload  # the player takes ids only
@@ -85,11 +81,13 @@ def test_handler_messages_say_what_is_wrong(indexed_app):
     assert kind == "error" and "not an absolute path" in payload, payload
     kind, payload = call(url, "add_path", "/etc/passwd")
     assert kind == "error" and "not a supported video file" in payload, payload
-    # each names the value it refused, says why, and what to do instead
+    # each names the value it refused, says why, and what to do instead: the scripted endpoints and the UI's events
     refusals = {
-        "search": (("thanks", [], "/etc/passwd", None), "No video '/etc/passwd' in this library.", "Known videos: "),
-        "ask": (("what?", "../../etc/passwd", []), "'../../etc/passwd' is not a video id.",
-                "Pick a video of the library, or the whole library."),
+        "search": (("thanks", [], "/etc/passwd", 10), "No video '/etc/passwd' in this library.", "Known videos: "),
+        "ui_search": (("thanks", [], "/etc/passwd", None), "No video '/etc/passwd' in this library.", "Known videos: "),
+        "ask": (("what?", "../../etc/passwd"), "No video '../../etc/passwd' in this library.", "Known videos: "),
+        "ui_ask": (("what?", "../../etc/passwd", []), "'../../etc/passwd' is not a video id.",
+                   "Pick a video of the library, or the whole library."),
         "reindex": (("/etc/passwd",), "'/etc/passwd' is not a video id.", "Pick a video of the library to re-index."),
         "remove": (("../../etc/passwd",), "'../../etc/passwd' is not a video id.",
                    "Pick a video of the library to remove."),
