@@ -27,9 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from indexer.models.text_onnx_export import ENCODERS, FORMAT, META, UNSUPPORTED
 from storage.errors import SightlineError
 
+META = "sightline-onnx.json"  # what the export wrote: max_seq_length, input names, dimension
+FORMAT = 1  # bump when what the export writes changes: the cache key includes it, so old exports are left behind
+UNSUPPORTED = 3  # the export's exit code for a pipeline this module does not reproduce
+# Encoders whose Hugging Face forward takes token ids (+ mask, + token types) and returns last_hidden_state.
+ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "camembert"})
 PREPARING = "Preparing the text model for fast search (once)..."
 _UNSUPPORTED_FILE = "unsupported.txt"
 _EXPORT_TIMEOUT_S = 1800

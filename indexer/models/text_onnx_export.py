@@ -19,11 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-META = "sightline-onnx.json"
-FORMAT = 1  # bump when what this writes changes: the cache key includes it, so old exports are left behind
-UNSUPPORTED = 3  # exit code: this pipeline is not one the ONNX query path reproduces
-# Encoders whose Hugging Face forward takes token ids (+ mask, + token types) and returns last_hidden_state.
-ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "camembert"})
+from indexer.models.text_onnx import ENCODERS, FORMAT, META, UNSUPPORTED, open_export
+
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _CHECK_TEXTS = ["a man talks about the harbour", "THANKS FOR WATCHING", "Zürich 2024: 3.5 km — ok?", "x " * 400]
 
@@ -94,8 +91,6 @@ def export(source: str, dest: Path) -> None:
     meta = {"format": FORMAT, "source": source, "max_seq_length": int(model.max_seq_length), "inputs": names,
             "dim": dim, "lower_case": bool(getattr(model[0], "do_lower_case", False))}
     (dest / META).write_text(json.dumps(meta, indent=2))
-
-    from indexer.models.text_onnx import open_export
 
     ours = open_export(dest, "check")(_CHECK_TEXTS)
     theirs = model.encode(_CHECK_TEXTS, convert_to_numpy=True, normalize_embeddings=True)
