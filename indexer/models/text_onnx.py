@@ -140,6 +140,11 @@ def load_onnx(folder: Path, model_name: str, root: Path | None = None) -> tuple[
     reason = folder_reason(folder)
     if reason:
         return None, reason
+    try:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError as err:
+        return None, f"{err.name} is not installed"
     target = export_folder(folder, root)
     if not (target / META).is_file() and not (target / _UNSUPPORTED_FILE).is_file():
         _export(folder, target)
