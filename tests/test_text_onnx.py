@@ -87,6 +87,20 @@ def test_onnx_vectors_agree_with_sentence_transformers(both):
         assert float(single @ ours[i]) >= 0.99999 and float(single @ theirs[i]) >= 0.999
 
 
+def test_search_sees_the_same_tokenizer(both):
+    """storage.search skips the vector of a query in a script the model never learned (validate.known_share):
+    the ONNX embedder's tokenizer must give the same share as sentence-transformers' for every kind of query."""
+    from storage import validate
+
+    st, onnx = both
+    theirs, ours = validate.tokenizer_of(st), validate.tokenizer_of(onnx)
+    assert ours is not None and ours.unk_token == theirs.unk_token == "[UNK]"
+    queries = ["สวัสดีครับ", "where is the harbour?", "Москва", "東京", "a" * 60_000, "x " * 600, "🙂 boats", "42"]
+    for q in queries + texts()[::25]:
+        assert ours.tokenize(q) == theirs.tokenize(q), q[:80]
+        assert validate.known_share(q, ours) == validate.known_share(q, theirs), q[:80]
+
+
 def test_empty_input_gives_no_rows(both):
     assert both[1]([]).shape == (0, 384)
 

@@ -39,6 +39,18 @@ _UNSUPPORTED_FILE = "unsupported.txt"
 _EXPORT_TIMEOUT_S = 1800
 
 
+class Pieces:
+    """The model's `tokenizers.Tokenizer` with the two things storage.search asks of a Hugging Face tokenizer
+    (validate.known_share: is the query in a script the model knows?): `tokenize(text)` and `unk_token`."""
+
+    def __init__(self, backend: Any):
+        self.backend = backend  # no truncation or padding set: the embedder cuts and pads per batch itself
+        self.unk_token = getattr(backend.model, "unk_token", None)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+
 @dataclass
 class OnnxTextEmbedder:
     """Callable: list of texts -> (n, dim) float32, rows of unit length (the TextEmbedder interface)."""
@@ -46,9 +58,11 @@ class OnnxTextEmbedder:
     model_name: str
     dim: int
     session: Any = field(repr=False)
-    tokenizer: Any = field(repr=False)
+    tokenizer: Pieces = field(repr=False)
+    max_seq_length: int = 256
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     lower_case: bool = False
+    pad_id: int = 0
     batch_size: int = 64
 
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -58,15 +72,29 @@ class OnnxTextEmbedder:
         for i in range(0, len(texts), self.batch_size):
             # As sentence-transformers' Transformer module: each text stripped (and lower-cased if configured).
             batch = [str(t).strip() for t in texts[i : i + self.batch_size]]
-            encodings = self.tokenizer.encode_batch([t.lower() for t in batch] if self.lower_case else batch)
-            arrays = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-            }
-            rows.append(self.session.run(None, {n: arrays[n] for n in self.inputs})[0])
+            rows.append(self.session.run(None, self._features(batch))[0])
         x = np.concatenate(rows).astype(np.float32, copy=False)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def _features(self, batch: list[str]) -> dict[str, np.ndarray]:
+        """Token ids cut at max_seq_length (special tokens included) and padded to the longest text of the batch,
+        as the Hugging Face tokenizer does for sentence-transformers (truncation "longest_first", padding True)."""
+        tok = self.tokenizer.backend
+        encodings = tok.encode_batch([t.lower() for t in batch] if self.lower_case else batch,
+                                     add_special_tokens=False)
+        keep = self.max_seq_length - tok.num_special_tokens_to_add(False)
+        for e in encodings:
+            e.truncate(keep)
+        encodings = [tok.post_process(e) for e in encodings]
+        width = max(len(e.ids) for e in encodings)
+        arrays = {"input_ids": np.full((len(batch), width), self.pad_id, dtype=np.int64),
+                  "attention_mask": np.zeros((len(batch), width), dtype=np.int64),
+                  "token_type_ids": np.zeros((len(batch), width), dtype=np.int64)}
+        for row, e in enumerate(encodings):
+            arrays["input_ids"][row, : len(e.ids)] = e.ids
+            arrays["attention_mask"][row, : len(e.ids)] = e.attention_mask
+            arrays["token_type_ids"][row, : len(e.ids)] = e.type_ids
+        return {n: arrays[n] for n in self.inputs}
 
 
 def open_export(folder: Path, model_name: str) -> OnnxTextEmbedder:
@@ -76,17 +104,16 @@ def open_export(folder: Path, model_name: str) -> OnnxTextEmbedder:
 
     meta = json.loads((folder / META).read_text())
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    # Pad to the longest text of a batch and cut at the model's max_seq_length, as sentence-transformers does.
-    tokenizer.enable_truncation(max_length=int(meta["max_seq_length"]))
-    pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0
-    pad_token = tokenizer.padding["pad_token"] if tokenizer.padding else (tokenizer.id_to_token(pad_id) or "[PAD]")
-    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    pad_id = int(meta.get("pad_id", 0))  # RoBERTa-like encoders derive positions from it: the tokenizer's own
+    tokenizer.no_truncation()  # whatever the saved file holds: _features cuts and pads
+    tokenizer.no_padding()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers are noise here
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done once by the export
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    return OnnxTextEmbedder(model_name=model_name, dim=int(meta["dim"]), session=session, tokenizer=tokenizer,
-                            inputs=tuple(meta["inputs"]), lower_case=bool(meta.get("lower_case")))
+    return OnnxTextEmbedder(model_name=model_name, dim=int(meta["dim"]), session=session,
+                            tokenizer=Pieces(tokenizer), max_seq_length=int(meta["max_seq_length"]),
+                            inputs=tuple(meta["inputs"]), lower_case=bool(meta.get("lower_case")), pad_id=pad_id)
 
 
 def folder_reason(folder: Path) -> str:

@@ -8,7 +8,7 @@ It loads SOURCE with sentence-transformers, checks that the pipeline is an encod
 optionally Normalize), the pipelines whose query side text_onnx.py reproduces, and writes into DEST:
 `model.onnx` + `model.data` (token ids in, the mean-pooled embedding out: masked sum over tokens / token count,
 as sentence-transformers' Pooling; graph fusions already applied, weights beside the graph), `tokenizer.json` (the model's fast tokenizer) and `sightline-onnx.json` (max
-sequence length, input names, dimension). Before it finishes it embeds a few texts both ways and refuses an export
+sequence length, input names, dimension, pad id). Before it finishes it embeds a few texts both ways and refuses an export
 whose vectors differ. Exit 0: done. Exit 3: the pipeline cannot be exported; the reason is the last stdout line.
 Any other exit is a failure (its stderr says why).
 """
@@ -89,7 +89,8 @@ def export(source: str, dest: Path) -> None:
     tokenizer.backend_tokenizer.save(str(dest / "tokenizer.json"))
     dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
     meta = {"format": FORMAT, "source": source, "max_seq_length": int(model.max_seq_length), "inputs": names,
-            "dim": dim, "lower_case": bool(getattr(model[0], "do_lower_case", False))}
+            "dim": dim, "lower_case": bool(getattr(model[0], "do_lower_case", False)),
+            "pad_id": int(tokenizer.pad_token_id or 0)}
     (dest / META).write_text(json.dumps(meta, indent=2))
 
     ours = open_export(dest, "check")(_CHECK_TEXTS)
