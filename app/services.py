@@ -30,9 +30,17 @@ class Services:
 
     @cached_property
     def text_embedder(self):
+        """The text model for indexing (sentence-transformers, torch)."""
         from indexer.models.embedders import load_text_embedder
 
         return load_text_embedder(self.settings.text_model)
+
+    @cached_property
+    def query_embedder(self):
+        """The same text model for queries, through ONNX Runtime: searching never imports torch."""
+        from indexer.models.embedders import load_query_embedder
+
+        return load_query_embedder(self.settings.text_model)
 
     # --- commands ------------------------------------------------------------------------------------------
 
@@ -40,7 +48,7 @@ class Services:
         from storage.search import search
 
         video_ids = [self.library.video_by_ref(video).id] if video else None
-        return search(self.library, query, self.text_embedder, k=k, modalities=modalities, video_ids=video_ids)
+        return search(self.library, query, self.query_embedder, k=k, modalities=modalities, video_ids=video_ids)
 
     # --- indexing ----------------------------------------------------------------------------------------
 
@@ -112,7 +120,7 @@ class Services:
         loads here, before any search runs: a search's deadline covers searching, never model loading."""
         from engine.agent.library_tools import LibraryTools
 
-        return LibraryTools(self.library, self.text_embedder)
+        return LibraryTools(self.library, self.query_embedder)
 
     def ask(self, question: str, video: str | int | None = None, on_step=None):
         """Answer a question over the library or one video; evidence-only (with the reason) when no model loads."""

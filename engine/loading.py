@@ -66,8 +66,25 @@ def check_transformers(version: str | None = None) -> str:
     return version
 
 
+# Files a GPU driver torch.cuda can use leaves on Linux: NVIDIA (and inside containers), WSL2, ROCm.
+_GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_may_exist() -> bool:
+    """False only when no GPU driver is visible at all: then torch.cuda cannot find a GPU either, and asking it
+    would cost seconds of importing torch (an evidence-only `sightline ask` on a CPU machine never imports it)."""
+    import shutil
+    import sys
+
+    if "torch" in sys.modules or sys.platform != "linux":  # already paid for, or no driver files to look at
+        return True
+    return any(os.path.exists(f) for f in _GPU_DRIVER_FILES) or shutil.which("nvidia-smi") is not None
+
+
 def cuda_free_bytes() -> int | None:
     """Free memory on GPU 0 in bytes, or None when there is no CUDA GPU."""
+    if not gpu_may_exist():
+        return None
     import torch
 
     if not torch.cuda.is_available():
@@ -391,6 +408,8 @@ def load_vlm(
     """
     if (model or "").strip().lower() == "none":
         resolve_setting("none", None)  # raises: nothing to load, and no reason to import torch
+    if (model or "auto").strip().lower() == "auto" and not gpu_may_exist():
+        resolve_setting("auto", None)  # raises: 'auto' on a machine without a GPU driver, decided without torch
     check_transformers()
     free = cuda_free_bytes()
     spec = resolve_setting(model, free)

@@ -12,12 +12,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select
 
 from storage.errors import SightlineError
 from storage.models import FAILED, INDEXED, INDEXING, Embedding, Job, Moment, StageRun, Video
-from storage.search import MomentHit
+
+if TYPE_CHECKING:  # imported where used: `sightline status` needs neither storage.search nor numpy
+    from storage.search import MomentHit
 
 
 @dataclass
@@ -248,6 +251,8 @@ def answerable_videos(library) -> list[tuple[int, str, float | None]]:
 def moments_between(library, video_id: int, start: float, end: float,
                     modalities: Sequence[str] | None = None) -> list[MomentHit]:
     """Moments of one video overlapping [start, end], by start time (score 0: they were not ranked)."""
+    from storage.search import MomentHit
+
     with library.read() as s:
         q = (select(Moment, Video).join(Video, Moment.video_id == Video.id)
              .where(Moment.video_id == video_id, Moment.start <= end, Moment.end >= start)

