@@ -75,7 +75,8 @@ from storage.errors import SightlineError
 from storage.models import Embedding
 
 EXACT_LIMIT = 100_000  # up to this many vectors: exact flat index
-IVF_NPROBE = 32  # lists visited per query (of nlist); see the module docstring
+IVF_PROBE_SHARE = 0.375  # share of the lists visited per query (384 of 1024 at 1M); see the module docstring
+IVF_NPROBE: int | None = None  # a fixed number of lists per query instead of the share (None: the share)
 EXACT_SUBSET_FRACTION = 0.05  # a filtered search over less than this share of the index scans every list
 MIN_SUBSET_CANDIDATES = 1_000  # allowed vectors a filtered IVF search should meet in the lists it visits
 TRAIN_SAMPLE = 100_000  # vectors used to train the IVF quantizer (k-means)
@@ -90,6 +91,13 @@ def ivf_nlist(count: int) -> int:
     """Inverted lists for `count` vectors: ~sqrt(n), a power of two, at most count / 39 (k-means needs data)."""
     target = max(1.0, min(math.sqrt(count), count / 39))
     return int(2 ** round(math.log2(target)))
+
+
+def ivf_nprobe(nlist: int) -> int:
+    """Lists an IVF index of `nlist` lists visits per query: IVF_NPROBE if set, else IVF_PROBE_SHARE of them."""
+    if IVF_NPROBE is not None:
+        return max(1, min(IVF_NPROBE, nlist))
+    return max(1, min(nlist, math.ceil(nlist * IVF_PROBE_SHARE)))
 
 
 def make_index(dim: int, count: int, kind: str = "auto"):
@@ -112,7 +120,7 @@ def make_index(dim: int, count: int, kind: str = "auto"):
     index.cp.niter = KMEANS_ITERATIONS
     index.own_fields = True
     quantizer.this.disown()  # the IVF index owns its quantizer now (kept alive past this function)
-    index.nprobe = min(IVF_NPROBE, nlist)
+    index.nprobe = ivf_nprobe(nlist)
     return index
 
 
@@ -202,7 +210,7 @@ class VectorStore:
             return loaded
         index, meta = loaded
         if is_ivf(index):
-            index.nprobe = min(IVF_NPROBE, index.nlist)  # the setting of this version, not of the saved file
+            index.nprobe = ivf_nprobe(index.nlist)  # the setting of this version, not of the saved file
         self.index, self.meta = index, meta
         return None
 
