@@ -26,7 +26,7 @@ Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-l
     vectors, 200-250 real MiniLM queries) the neighbours of a 2-4 word query are near-ties (median cosine gap
     between the 10th and 11th 0.0015) spread over the many videos sharing its words, so every partitioning
     structure needs a wide search: IVF-SQ8 recall@10 at nprobe 32/64/128/256/320/384 was
-    0.79/0.86/0.91/0.935/0.949/0.961 (0.964 inside a 25% modality subset at 384). Re-ranking the top 100 by
+    0.79/0.85/0.90/0.935/0.949/0.960 (0.962 inside a 25% modality subset at 384). Re-ranking the top 100 by
     the float vectors added under 0.01 (the misses are lists not visited, not code rounding); HNSW-SQ8
     (M=32, efConstruction 40) reached 0.85/0.89/0.91 at efSearch 128/256/512 on 200k vectors and took 272 s
     to build those 200k on the shared cores (remove_ids unsupported as well).
