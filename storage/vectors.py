@@ -20,27 +20,23 @@ Index type (measured by benchmarks/search_latency.py on 1,000,000 384-d MiniLM-l
   query scans it in a few ms; no training, so a small library is exact and its results never change with the
   index build.
 - above: `IndexIVFScalarQuantizer` (inverted file, 8-bit scalar-quantized codes, inner product), nlist ~
-  sqrt(n) rounded to a power of two (1024 at 1M), nprobe = IVF_NPROBE (32), k-means on a 100k sample with
-  10 iterations. Why this one:
-  * Flat at 1M reads 1.5 GB per query: ~100+ ms on these cores, over the 50 ms budget by itself.
-  * IVF reads nprobe/nlist of the data (32/1024 = 3% here). Measured at 1M with 250 real MiniLM queries
-    on the shared 2-core machine (load average 2-3 from other work; flat varied 200-1300 ms with the load):
-    exact flat ~360 ms/query; IVF-SQ8 nprobe 8/16/32/64: recall@10 0.66/0.72/0.79/0.85 at p50
-    0.9/2.1/4.5/8.9 ms, p95 1.5/3.0/6.3/12.0 ms.
-    nprobe 32 is the middle of that curve; it is also a per-query argument of `VectorStore.search`. (The
-    synthetic queries are random word mixes whose neighbours scatter over many lists; on real captions
-    and transcripts recall at the same nprobe should be higher, but that is not measured here.)
-  * SQ8 codes are 4x smaller than float32 (384 MB instead of 1.5 GB at 1M) and rank like the float vectors
-    to within a point of recall@10 (IVF-Flat on the same lists: 0.73/0.80/0.86 at nprobe 16/32/64, p50
-    3.5/6.5/15.7 ms) while scanning faster (less memory to read). Memory matters on a machine that also
-    runs Whisper, OCR and a VLM.
-  * IVF supports `remove_ids`, which re-indexing a changed video needs; HNSW does not (and its graph build
-    at 1M on two cores is known to be slow; not measured here). PQ would shrink memory further, but its
-    recall@10 at this dimension usually needs a re-ranking pass over the full vectors, i.e. the memory it
-    saved (not measured here either).
+  sqrt(n) rounded to a power of two (1024 at 1M), nprobe = IVF_PROBE_SHARE (3/8) of the lists (384 at 1M;
+  `ivf_nprobe`), k-means on a 100k sample with 10 iterations. Why this one (benchmarks/README.md has the table):
+  * Recall first. At 1M (benchmarks/search_latency.py: sentence-like vectors built from real MiniLM word
+    vectors, 200-250 real MiniLM queries) the neighbours of a 2-4 word query are near-ties (median cosine gap
+    between the 10th and 11th 0.0015) spread over the many videos sharing its words, so every partitioning
+    structure needs a wide search: IVF-SQ8 recall@10 at nprobe 32/64/128/256/320/384 was
+    0.79/0.85/0.90/0.935/0.949/0.960 (0.962 inside a 25% modality subset at 384). Re-ranking the top 100 by
+    the float vectors added under 0.01 (the misses are lists not visited, not code rounding); HNSW-SQ8
+    (M=32, efConstruction 40) reached 0.85/0.89/0.91 at efSearch 128/256/512 on 200k vectors and took 272 s
+    to build those 200k on the shared cores (remove_ids unsupported as well).
+  * Cost: a query scans 3/8 of the SQ8 codes (~144 MB at 1M) on one core, the price of 0.95: tens of ms
+    (see the README for the measured figures). Memory stays 384 MB at 1M (SQ8 codes are 4x smaller than
+    float32; flat float32 would be 1.5 GB, the whole search-process budget).
+  * Old files keep working: nprobe is a search setting applied on load, not part of the saved file.
+  * IVF supports `remove_ids`, which re-indexing a changed video needs.
   * nlist ~ sqrt(n) rather than the textbook 4-16 sqrt(n): k-means and the assignment of every vector cost
-    nlist x n x d, and a library is rebuilt on a user's two cores (4096 lists would cost 4x more in both);
-    1024 lists at nprobe 32 scan 3% of the vectors per query.
+    nlist x n x d, and a library is rebuilt on a user's two cores.
   A flat store that grows past EXACT_LIMIT through `add` is rebuilt as IVF from SQLite at that point, and an
   IVF store is rebuilt once it holds REBUILD_GROWTH (4) times the vectors it was trained on, so nlist keeps
   up with the library.
@@ -51,11 +47,9 @@ For IVF:
 - a subset under EXACT_SUBSET_FRACTION of the index (e.g. one video in a big library) is searched exactly:
   nprobe = nlist, every list scanned, distances computed only for its members;
 - a bigger subset keeps nprobe, raised only when the visited lists would hold fewer than
-  MIN_SUBSET_CANDIDATES allowed vectors on average. Recall does not need more: measured at 1M
-  (benchmarks/search_latency.py, 150 real MiniLM queries), recall@10 of the exact top-10 inside the subset at
-  nprobe 32 was 0.81 for a 60% subset, 0.81 for 25% and 0.80 for 5%, against 0.81 unfiltered; the former rule
-  (nprobe / fraction) bought 0.91 at 4-5x the time (25% subset, FAISS alone: p50 18.7 ms at nprobe 128 against
-  3.7 ms at 32; through `search`, 6.3 ms p50 with recall 0.79 in the benchmark's JSON).
+  MIN_SUBSET_CANDIDATES allowed vectors on average: recall inside a subset follows the unfiltered figure
+  (1M, 25% modality subset: 0.794 at nprobe 32, 0.943 at 256, 0.962 at 384, against 0.79/0.935/0.960
+  unfiltered; one video, scanned exactly: 0.995);
 - when the visited lists still held fewer than k allowed vectors (a subset far from the query), the search is
   repeated over every list, so a filtered search never comes back short while the subset has k members.
 """
@@ -75,7 +69,8 @@ from storage.errors import SightlineError
 from storage.models import Embedding
 
 EXACT_LIMIT = 100_000  # up to this many vectors: exact flat index
-IVF_NPROBE = 32  # lists visited per query (of nlist); see the module docstring
+IVF_PROBE_SHARE = 0.375  # share of the lists visited per query (384 of 1024 at 1M); see the module docstring
+IVF_NPROBE: int | None = None  # a fixed number of lists per query instead of the share (None: the share)
 EXACT_SUBSET_FRACTION = 0.05  # a filtered search over less than this share of the index scans every list
 MIN_SUBSET_CANDIDATES = 1_000  # allowed vectors a filtered IVF search should meet in the lists it visits
 TRAIN_SAMPLE = 100_000  # vectors used to train the IVF quantizer (k-means)
@@ -90,6 +85,13 @@ def ivf_nlist(count: int) -> int:
     """Inverted lists for `count` vectors: ~sqrt(n), a power of two, at most count / 39 (k-means needs data)."""
     target = max(1.0, min(math.sqrt(count), count / 39))
     return int(2 ** round(math.log2(target)))
+
+
+def ivf_nprobe(nlist: int) -> int:
+    """Lists an IVF index of `nlist` lists visits per query: IVF_NPROBE if set, else IVF_PROBE_SHARE of them."""
+    if IVF_NPROBE is not None:
+        return max(1, min(IVF_NPROBE, nlist))
+    return max(1, min(nlist, math.ceil(nlist * IVF_PROBE_SHARE)))
 
 
 def make_index(dim: int, count: int, kind: str = "auto"):
@@ -112,7 +114,7 @@ def make_index(dim: int, count: int, kind: str = "auto"):
     index.cp.niter = KMEANS_ITERATIONS
     index.own_fields = True
     quantizer.this.disown()  # the IVF index owns its quantizer now (kept alive past this function)
-    index.nprobe = min(IVF_NPROBE, nlist)
+    index.nprobe = ivf_nprobe(nlist)
     return index
 
 
@@ -202,7 +204,7 @@ class VectorStore:
             return loaded
         index, meta = loaded
         if is_ivf(index):
-            index.nprobe = min(IVF_NPROBE, index.nlist)  # the setting of this version, not of the saved file
+            index.nprobe = ivf_nprobe(index.nlist)  # the setting of this version, not of the saved file
         self.index, self.meta = index, meta
         return None
 
