@@ -9,8 +9,8 @@ frames into runs is indexer/text_runs.py.
 Threads: ONNX Runtime runs each model on up to `MAX_THREADS` cores with its idle threads sleeping, not spinning.
 OCR shares the cores with the decode pass and Whisper (indexer/runner.py): spinning workers burned that CPU
 (measured on 2 cores under load, 24 frames: 2 spinning threads 3.1 s CPU against 2.1 s for one thread), while
-sleeping ones cost no more CPU than one thread (2.0 s) and halve the wall time whenever a core is free, as when
-OCR is the last stage still running. The texts and boxes are the same whatever the thread count.
+sleeping ones cost no more CPU than one thread (2.0 s) and take the second core whenever it is free, as when
+OCR is the last stage of a video still running. The texts and boxes are the same whatever the thread count.
 """
 
 from __future__ import annotations
