@@ -5,18 +5,11 @@ Frames are downscaled to `max_side` pixels (long side) first: detection cost gro
 captions and cards stay readable well below 720p. Measured CPU seconds per 1280x720 frame, one thread:
 native 0.85, 960 px 0.43, 640 px 0.26, 480 px 0.20 (480 px loses 12 px captions). Merging the reads of many
 frames into runs is indexer/text_runs.py.
-
-Threads: ONNX Runtime runs each model on up to `MAX_THREADS` cores with its idle threads sleeping, not spinning.
-OCR shares the cores with the decode pass and Whisper (indexer/runner.py): spinning workers burned that CPU
-(measured on 2 cores under load, 24 frames: 2 spinning threads 3.1 s CPU against 2.1 s for one thread), while
-sleeping ones cost no more CPU than one thread (2.0 s) and take the second core whenever it is free, as when
-OCR is the last stage of a video still running. The texts and boxes are the same whatever the thread count.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +22,6 @@ from storage.once import OnceCache
 # CPU time of 960 px and 0.3x of full 720p; raise it (960, or None for native) for small scene text.
 DEFAULT_MAX_SIDE = 640
 DEFAULT_MIN_CONFIDENCE = 0.6
-MAX_THREADS = 2  # more threads barely help models this small on frames this size
 
 # Loaded RapidOCR engines by (max_side, threads, use_cls); a failed start is not kept.
 _engines: OnceCache = OnceCache()
@@ -69,16 +61,13 @@ class OcrReader:
 def load_ocr(
     max_side: int | None = DEFAULT_MAX_SIDE,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    threads: int = 0,
+    threads: int = 1,
     use_cls: bool = False,
 ) -> OcrReader:
-    """RapidOCR with the wheel's models, quiet logs, `threads` ONNX threads (0: the machine's cores, at most
-    MAX_THREADS); the engine is cached per process.
+    """RapidOCR with the wheel's models, quiet logs, `threads` ONNX threads; the engine is cached per process.
 
     use_cls (the 180-degree text classifier) is off by default: upside-down text is rare in video and it costs time.
     """
-    if threads <= 0:
-        threads = max(1, min(MAX_THREADS, os.cpu_count() or 1))
     engine = _engines.get((max_side, threads, use_cls), lambda: _load_engine(max_side, threads, use_cls))
     return OcrReader(engine=engine, max_side=max_side, min_confidence=min_confidence)
 
@@ -101,7 +90,6 @@ def _load_engine(max_side: int | None, threads: int, use_cls: bool):
         # detector runs at the size we chose.
         params["Det.limit_type"] = "max"
         params["Det.limit_side_len"] = max_side
-    _sleep_when_idle()
     try:
         engine = RapidOCR(params=params)
     except Exception as err:  # noqa: BLE001 - missing model files, broken onnxruntime
@@ -111,27 +99,3 @@ def _load_engine(max_side: int | None, threads: int, use_cls: bool):
         ) from err
     logging.getLogger("RapidOCR").setLevel(logging.ERROR)
     return engine
-
-
-def _sleep_when_idle() -> None:
-    """Make RapidOCR's ONNX sessions (created lazily, on a model's first use) let idle intra-op threads sleep.
-
-    RapidOCR takes no session options beyond thread counts, so its session-options builder is wrapped, once per
-    process. A RapidOCR without that builder only loses the saving.
-    """
-    try:
-        from rapidocr.inference_engine.onnxruntime.main import OrtInferSession
-    except ImportError:
-        return
-    build = OrtInferSession.__dict__.get("_init_sess_opts")
-    original = build.__func__ if isinstance(build, staticmethod) else build
-    if original is None or getattr(original, "sightline_no_spin", False):
-        return
-
-    def no_spin(cfg):
-        opts = original(cfg)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return opts
-
-    no_spin.sightline_no_spin = True
-    OrtInferSession._init_sess_opts = staticmethod(no_spin)
