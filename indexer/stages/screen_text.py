@@ -51,10 +51,11 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
 
     seen: dict[float, list[str]] = {}  # what each read sample showed: back and forward fills share reads
 
-    def read(sample) -> list[str]:
+    def read(sample, image=None) -> list[str]:
         if sample.t in seen:
             return seen[sample.t]
-        image = frames.image(sample)
+        if image is None:  # the main loop hands in the frame it decoded already (a JPEG read is ~4 ms)
+            image = frames.image(sample)
         if gate and not _has_text(reader, image, gate):
             reads["gated"] += 1
             texts = []
@@ -75,7 +76,7 @@ def run(video: VideoJob, ctx: IndexContext) -> StageOutput:
         image = frames.image(sample)
         gray = small_gray(image)
         changed = last_gray is None or float(np.abs(gray - last_gray).mean()) > CHANGE
-        texts = read(sample) if changed else list(last_texts)
+        texts = read(sample, image) if changed else list(last_texts)
         if changed:
             now, before = {_norm(t) for t in texts}, {_norm(t) for t in last_texts}
             between = samples[last_read + 1:i]  # unread samples since the last read
