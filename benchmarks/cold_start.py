@@ -126,8 +126,8 @@ def _search_over_http(url: str) -> str:
     """One search through Gradio's HTTP API with gradio_client, as a script would call it."""
     from gradio_client import Client
 
-    film, _timeline, _summary = Client(url, verbose=False).predict(QUERY, [], "", api_name="/search")
-    return str(film)
+    moments = Client(url, verbose=False).predict(QUERY, [], "", 10, api_name="/search")  # the moments, as JSON
+    return json.dumps(moments)
 
 
 def serve_ready(env: dict) -> tuple[float, float]:
