@@ -425,10 +425,13 @@ class VectorStore:
 
     def _reload(self) -> None:
         """Take in the files as they are now (the caller holds _reload_lock)."""
+        before = self._loaded_mtime
         fresh = VectorStore(self.library, self.space)
         reason = fresh._try_load()
         if reason is None:
             with self._lock:
+                if self._loaded_mtime != before:  # this process saved meanwhile (an add while we read): ours is newer
+                    return
                 self.index, self.meta, self._loaded_mtime, self.unsaved = fresh.index, fresh.meta, \
                     fresh._loaded_mtime, None
             return

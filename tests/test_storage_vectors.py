@@ -223,3 +223,28 @@ def test_a_filtered_search_short_of_k_looks_at_every_list(ivf_library, monkeypat
     seen.clear()
     store.search(QUERIES[0], 10, subset=half[:20])  # 1% of the index: every list, an exact scan of the subset
     assert seen == [store.index.nlist]
+
+
+def test_a_reload_never_puts_back_an_older_index_than_this_process_saved(tmp_path, monkeypatch):
+    """A search thread reloading the files while this process (the indexing lock's holder) adds and saves must not
+    swap in the older index it read: that would lose the new vectors, and the next save would write them lost."""
+    from tests.library_builder import as_indexer
+
+    with Library.open(tmp_path / "lib") as lib, as_indexer(lib):
+        _fill(lib, videos=1, per_video=5)
+        store = lib.vectors("text")
+        load = vectors.VectorStore._try_load
+        added = []
+
+        def load_then_add(fresh):
+            reason = load(fresh)  # the files as they were: 5 vectors
+            if not added:  # meanwhile this process indexes another video and saves (once)
+                added.append(add_video(lib, "/videos/late.mp4", 10.0, [(1.0, 2.0, "speech", t) for t in _texts(5, 9)]))
+            return reason
+
+        monkeypatch.setattr(vectors.VectorStore, "_try_load", load_then_add)
+        store._loaded_mtime = -1.0  # the saved files look changed: the next search reloads them
+        store.refresh()
+        assert added and store.count == 10 and np.array_equal(store.ids(), _sqlite_ids(lib))
+        monkeypatch.undo()
+        assert Library.open(tmp_path / "lib").vectors("text").count == 10  # the saved file holds all ten as well
