@@ -18,6 +18,7 @@ import pytest
 
 from indexer.models.embedders import load_query_embedder, load_text_embedder, packaged_minilm_path
 from indexer.models.text_onnx import PREPARING, OnnxTextEmbedder, load_onnx
+from storage.errors import SightlineError
 
 UNICODE = ["Zürich café naïve façade", "東京タワーの夜景", "Москва, Красная площадь", "مرحبا بالعالم",
            "emoji 🎬🎥 at the end 🙂", "ﬁne ligatures and ½ fractions", "Ελληνικά γράμματα", "tab\tand\nnewline",
@@ -125,6 +126,25 @@ def test_a_model_without_mean_pooling_falls_back_with_the_reason(tmp_path, caplo
     assert not isinstance(embedder, OnnxTextEmbedder) and embedder.dim == 384
     assert (f"Text model {folder}: queries use sentence-transformers (slower start): its pooling is 'cls_token', "
             "not mean pooling") in caplog.text
+
+
+def test_a_failed_export_falls_back_to_sentence_transformers_with_the_reason(tmp_path, caplog, monkeypatch):
+    """Search must keep working when the one-time export cannot run (onnx missing, a full or read-only cache)."""
+    from indexer.models import text_onnx
+
+    folder = _copy_minilm(tmp_path / "export-fails")
+
+    def failing(*_args, **_kwargs):
+        raise SightlineError("Preparing the text model for fast search failed: Module onnx is not installed!",
+                             hint="Check that torch, sentence-transformers and onnx are installed.")
+
+    monkeypatch.setattr(text_onnx, "load_onnx", failing)
+    with caplog.at_level(logging.WARNING, logger="indexer.models.embedders"):
+        embedder = load_query_embedder(str(folder))
+    assert not isinstance(embedder, OnnxTextEmbedder) and embedder.dim == 384
+    assert embedder(["a sentence"]).shape == (1, 384)
+    assert (f"Text model {folder}: queries use sentence-transformers (slower start): Preparing the text model for "
+            "fast search failed: Module onnx is not installed!") in caplog.text
 
 
 def test_a_model_that_is_not_a_bert_like_encoder_falls_back(tmp_path):

@@ -166,8 +166,12 @@ def _load_query(name: str):
 
     packaged = name.strip().lower() in _PACKAGED_MINILM
     folder, why = _model_folder(name)
-    embedder, reason = (None, why) if folder is None else text_onnx.load_onnx(
-        folder, "all-MiniLM-L6-v2" if packaged else name)
+    embedder, reason = None, why
+    if folder is not None:
+        try:
+            embedder, reason = text_onnx.load_onnx(folder, "all-MiniLM-L6-v2" if packaged else name)
+        except (SightlineError, OSError) as err:  # a failed export (or an unwritable cache) must not stop search
+            reason = err.user_text() if isinstance(err, SightlineError) else f"the export cache: {err}"
     if embedder is not None:
         return embedder
     log.warning("Text model %s: queries use sentence-transformers (slower start): %s", name, reason)
