@@ -348,15 +348,19 @@ class Library:
         searched an index rebuilt in memory meanwhile), so readers load a good file from now on."""
         try:
             spaces = set(self.vector_spaces()) | {p.stem for p in (self.folder / "vectors").glob("*.json")}
-            for space in sorted(spaces):
+        except Exception as err:  # noqa: BLE001 - a damaged database: the run meets it and says so
+            log.warning("could not bring the vector files of %s up to date: %s", self.folder, err)
+            return
+        for space in sorted(spaces):  # one space failing leaves the others to be reconciled
+            try:
                 with self._vectors_lock:
                     store = self._vectors.get(space)
                 if store is None:
                     self.vectors(space)  # opening checks the files and, with the lock held, saves a rebuild
                 else:
                     store.reconcile()
-        except Exception as err:  # noqa: BLE001 - a full disk, a damaged database: the run meets it and says so
-            log.warning("could not bring the vector files of %s up to date: %s", self.folder, err)
+            except Exception as err:  # noqa: BLE001 - a full disk: the run meets it and says so
+                log.warning("could not bring the %s vector files of %s up to date: %s", space, self.folder, err)
 
     def vectors(self, space: str):
         """The VectorStore of one embedding space, opened (and reconciled with SQLite) on first use."""
