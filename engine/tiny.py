@@ -296,7 +296,7 @@ def _built_once(out: Path, seed: int, write) -> Path:
         marker.write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))  # written last: the build is whole
         return out
 
-    return _BUILT.get(out, build)
+    return _BUILT.get(out, build, keep=False)  # one build at a time; the marker on disk says whether it is done
 
 
 def _save(model, tokenizer, eos_token_id: int, pad_token_id: int, out: Path) -> None:
