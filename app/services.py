@@ -116,7 +116,7 @@ class Services:
         return self._vlm.peek("vlm")
 
     def agent_tools(self):
-        """The agent's tools over this library (the agent never opens the database itself). The text embedder
+        """The agent's tools over this library (the agent never opens the database itself). The query embedder
         loads here, before any search runs: a search's deadline covers searching, never model loading."""
         from engine.agent.library_tools import LibraryTools
 

@@ -195,7 +195,7 @@ def test_filtered_ivf_search_never_comes_back_short(ivf_library):
 
 
 def test_filtered_nprobe_meets_enough_allowed_vectors():
-    # 1M vectors, 1024 lists, nprobe 32: a 25% subset still meets ~7,800 allowed vectors, so nprobe stays.
+    # 1M vectors, 1024 lists, a given nprobe of 32: a 25% subset still meets ~7,800 allowed vectors, so nprobe stays.
     assert vectors.subset_nprobe(32, 1024, 1_000_000, 250_000) == 32
     # A 6% subset of a 100k index meets ~190 in 32 lists: nprobe rises to meet MIN_SUBSET_CANDIDATES.
     assert vectors.subset_nprobe(32, 256, 100_000, 6_000) == 43
