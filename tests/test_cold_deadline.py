@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.contracts import assert_answer, assert_search_output
-from tests.library_builder import add_video
+from tests.library_builder import minilm_library
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +27,18 @@ BURN = "import time\nend = time.time() + 120\nwhile time.time() < end: pass\n"
 
 
 @pytest.fixture(scope="module")
-def two_video_library(tmp_path_factory, embedder):
-    from storage import Library
-
-    folder = tmp_path_factory.mktemp("cold_lib")
-    embed = embedder
-    with Library.open(folder) as lib:
-        add_video(lib, "/footage/talk.mp4", 120.0, [
+def two_video_library(tmp_path_factory):
+    return minilm_library(tmp_path_factory.mktemp("cold_lib"), {
+        "/footage/talk.mp4": (120.0, [
             (10.0, 14.0, "speech", "the budget for the bridge will be cut in half"),
             (30.0, 33.0, "speech", "we will open the new school in the autumn"),
             (50.0, 52.0, "text", "QUARTERLY REPORT"),
-        ], embed=embed, model=embed.model_name)
-        add_video(lib, "/footage/street.mp4", 60.0, [
+        ]),
+        "/footage/street.mp4": (60.0, [
             (5.0, 8.0, "speech", "a red van is parked outside the bakery"),
             (20.0, 22.0, "text", "TAXI"),
-        ], embed=embed, model=embed.model_name)
-    return folder
+        ]),
+    })
 
 
 @pytest.fixture

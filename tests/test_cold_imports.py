@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.loading import gpu_may_exist
-from tests.library_builder import add_video
+from tests.library_builder import minilm_library
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "sentence_transformers")
@@ -30,23 +30,13 @@ WRAPPER = (
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    from indexer.models.embedders import load_text_embedder
-    from storage import Library
-
-    folder = tmp_path_factory.mktemp("cold") / "lib"
-    embed = load_text_embedder("all-MiniLM-L6-v2")  # as the indexer writes them
-    library = Library.open(folder)
-    try:
-        add_video(library, "/footage/market.mp4", 30.0, [
-            (5.0, 8.0, "speech", "fresh bread and cheese at the morning market"),
-        ], embed=embed, model=embed.model_name)
-        add_video(library, "/footage/harbour.mp4", 60.0, [
+    return minilm_library(tmp_path_factory.mktemp("cold") / "lib", {  # vectors as the indexer writes them
+        "/footage/market.mp4": (30.0, [(5.0, 8.0, "speech", "fresh bread and cheese at the morning market")]),
+        "/footage/harbour.mp4": (60.0, [
             (12.0, 15.5, "speech", "the fishermen pulled their boats up the beach before the storm"),
             (40.0, 43.0, "text", "HARBOUR MASTER OFFICE"),
-        ], embed=embed, model=embed.model_name)
-    finally:
-        library.close()
-    return folder
+        ]),
+    })
 
 
 def run_cli(lib: Path, *args: str, vlm: str = "auto") -> tuple[str, list[str]]:
