@@ -20,7 +20,7 @@ import os
 import shutil
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,28 +75,20 @@ class RepairReport:
 
 @contextmanager
 def _exclusive(folder: Path):
-    """The indexing lock's file, held exclusively: no indexing run starts (or runs) while the file is rebuilt,
-    and this process is the one that writes the vector files (`Library.holds_indexing_lock`)."""
-    from storage.indexing_lock import LOCK_NAME, holding
+    """The indexing lock (storage/indexing_lock.py), held for the repair: no indexing run starts (or runs) while
+    the file is rebuilt, and this process is the one that writes the vector files (`Library.holds_indexing_lock`).
+    Another run holding it is said in the repair's words; a folder that cannot be written keeps the lock's own."""
+    from storage.indexing_lock import IndexingBusy, exclusive
 
-    try:
-        import fcntl
-    except ImportError:
-        with holding(folder):
-            yield
-        return
-
-    with open(folder / LOCK_NAME, "a+") as f:
+    with ExitStack() as held:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SightlineError("An indexing run is working on this library, so it cannot be repaired now.",
+            held.enter_context(exclusive(folder))
+        except IndexingBusy as err:
+            if not err.message.startswith("Another indexing run"):
+                raise
+            raise SightlineError(f"{err.message[:-1]}, so it cannot be repaired now.",
                                  hint="Stop it (and the web UI), then run `sightline repair` again.") from None
-        try:
-            with holding(folder):
-                yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def repair_library(folder: str | Path) -> RepairReport:

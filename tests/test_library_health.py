@@ -303,3 +303,33 @@ def test_a_failed_statement_with_an_unusual_message_runs_the_quick_check(built_c
     _garbage(db, pages[len(pages) // 2])
     assert _quick_check_after(odd, str(db)) != ""
     assert _quick_check_after(sqlite3.IntegrityError("UNIQUE constraint failed"), str(db)) == ""  # not checked
+
+
+def test_repair_waits_for_no_indexing_run_and_says_which_holds_the_lock(tmp_path):
+    """Repair takes the indexing lock as a run does; another process holding it is named, and nothing changes."""
+    import subprocess
+    import sys
+
+    from storage import Library
+    from storage.repair import repair_library
+
+    folder = tmp_path / "lib"
+    with Library.open(folder) as lib:
+        add_video(lib, "/videos/a.mp4", 10.0, [(1.0, 2.0, "speech", "hello there")])
+    before = (folder / "library.db").read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from storage import Library\n"
+         "with Library.open(sys.argv[1]) as lib, lib.indexing_lock():\n    print('held', flush=True); time.sleep(60)",
+         str(folder)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SightlineError) as err:
+            repair_library(folder)
+        assert err.value.message.startswith("Another indexing run is working on this library (process "
+                                            f"{holder.pid}, started "), err.value.message
+        assert err.value.message.endswith("), so it cannot be repaired now.")
+        assert err.value.hint == "Stop it (and the web UI), then run `sightline repair` again."
+        assert (folder / "library.db").read_bytes() == before and not list(folder.glob("library.db.broken-*"))
+    finally:
+        holder.kill()
+        holder.wait()
